@@ -1,0 +1,165 @@
+"""HTTP to Braze: one session, one request per attempt, statuses mapped to our errors.
+
+This is the only module that imports aiohttp. Its exceptions are translated here, at one
+boundary, into :mod:`bulkexport.errors`, so the engine reasons about "retry, record or stop"
+and never about aiohttp classes. No pyarrow here: bodies leave as bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from datetime import datetime
+from types import TracebackType
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from ._version import __version__
+from .config import ExportConfig
+from .errors import (
+    AuthError,
+    PermanentError,
+    RateLimited,
+    ServerError,
+    TransportError,
+)
+from .limiter import RateController
+from .pairs import Pair
+
+__all__ = ["BrazeClient", "format_ending_at"]
+
+_PATH = "/sends/data_series"
+_RETRYABLE_4XX = frozenset({408, 425})
+
+
+def format_ending_at(value: datetime) -> str:
+    """ISO-8601 with an explicit offset (``Z`` for UTC), as Braze's examples show."""
+    text = value.isoformat(timespec="seconds")
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _braze_message(body: bytes) -> str:
+    """Braze's ``message`` from an error body, or a short excerpt when it is not JSON."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+        return str(doc["message"])[:500]
+    text = body[:200].decode("utf-8", "replace")
+    return " ".join(text.split()) or "(empty body)"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), if usable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return seconds if seconds == seconds and seconds >= 0 else None  # NaN check
+
+
+class BrazeClient:
+    """Fetches one pair per call; pacing is the limiter's job, retrying is the caller's."""
+
+    __slots__ = ("_cfg", "_limiter", "_prefix", "_session", "requests", "statuses")
+
+    def __init__(self, cfg: ExportConfig, limiter: RateController) -> None:
+        self._cfg = cfg  # endpoint, key, timeouts
+        self._limiter = limiter  # shared pacing
+        self._session: aiohttp.ClientSession | None = None  # opened by __aenter__
+        # The fixed part of every query, encoded once.
+        self._prefix = (
+            f"{cfg.endpoint}{_PATH}?length={cfg.length}"
+            f"&ending_at={quote(format_ending_at(cfg.ending_at), safe='')}"
+        )
+        self.requests = 0  # attempts sent
+        self.statuses: dict[int, int] = {}  # HTTP status -> count
+
+    async def __aenter__(self) -> BrazeClient:
+        cfg = self._cfg
+        connector = aiohttp.TCPConnector(
+            limit=cfg.concurrency, limit_per_host=cfg.concurrency, ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=cfg.request_timeout, connect=cfg.connect_timeout
+            ),
+            headers={
+                "Authorization": f"Bearer {cfg.api_key.reveal()}",
+                "Accept": "application/json",
+                "User-Agent": f"bulkexport/{__version__}",
+            },
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url(self, pair: Pair) -> URL:
+        """The request URL; ids are percent-encoded whatever characters they hold."""
+        return URL(
+            f"{self._prefix}&campaign_id={quote(pair.campaign_id, safe='')}"
+            f"&send_id={quote(pair.send_id, safe='')}",
+            encoded=True,
+        )
+
+    async def fetch(self, pair: Pair) -> bytes:
+        """One attempt: wait for the limiter, send, classify. Returns a 200's body."""
+        session = self._session
+        assert session is not None, "use 'async with BrazeClient(...)'"
+        limiter = self._limiter
+        await limiter.acquire()
+        try:
+            self.requests += 1
+            try:
+                async with session.get(self.url(pair), allow_redirects=False) as resp:
+                    body = await resp.read()
+                    status = resp.status
+                    limiter.observe(resp.headers)
+                    retry_after = resp.headers.get("Retry-After")
+            except (TimeoutError, asyncio.TimeoutError):
+                raise TransportError(
+                    f"no complete response within {self._cfg.request_timeout:g}s"
+                ) from None
+            except aiohttp.ClientPayloadError as exc:
+                raise TransportError(f"truncated transfer: {exc}") from None
+            except aiohttp.ClientError as exc:
+                raise TransportError(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            limiter.release()
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status == 200:
+            return body
+        message = _braze_message(body)
+        if status == 429:
+            pause = _retry_after(retry_after)
+            limiter.on_rate_limited(pause)
+            raise RateLimited(message, pause)
+        if status in (401, 403):
+            raise AuthError(status, message)
+        if status >= 500 or status in _RETRYABLE_4XX:
+            raise ServerError(message, status)
+        if 300 <= status < 400:
+            raise PermanentError("unexpected redirect; check the endpoint", status)
+        raise PermanentError(message, status)

@@ -1,0 +1,272 @@
+"""Run state on disk: the pairs to export, what is durably done, and what failed.
+
+One SQLite database per run (``<out>/_bulkexport/runs/<run_id>/state.sqlite``). SQLite gives
+us, from the standard library, the three things a resumable run needs: a spool of pairs
+that costs no memory (a million pairs is a file, not a set), duplicate removal by a unique
+index, and atomic commits, so "these files hold these pairs" becomes true in one step or
+not at all, whatever kills the process.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import StorageError
+from .pairs import Pair
+
+__all__ = ["PENDING", "DONE", "FAILED", "Failure", "PartRecord", "RunState"]
+
+PENDING, DONE, FAILED = 0, 1, 2
+_SCHEMA_VERSION = 1
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pairs (
+    id INTEGER PRIMARY KEY,
+    campaign_id TEXT NOT NULL,
+    send_id TEXT NOT NULL,
+    status INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER,
+    UNIQUE (campaign_id, send_id)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    pair_id INTEGER PRIMARY KEY REFERENCES pairs(id),
+    status INTEGER,
+    message TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parts (
+    seq INTEGER NOT NULL,
+    tbl TEXT NOT NULL,
+    date TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    gen INTEGER,
+    PRIMARY KEY (seq, tbl, date)
+);
+CREATE TABLE IF NOT EXISTS published (
+    path TEXT PRIMARY KEY,
+    tbl TEXT NOT NULL,
+    date TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A pair that failed for good, as recorded in the failures table and file."""
+
+    campaign_id: str
+    send_id: str
+    status: int | None
+    message: str
+    attempts: int
+    failed_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class PartRecord:
+    """One staged record batch: rows of one table and one date inside a checkpoint file."""
+
+    seq: int
+    table: str
+    date: str
+    batch: int
+    rows: int
+    file: str
+
+
+class RunState:
+    """The run's database; every method is one short transaction."""
+
+    __slots__ = ("_db", "path")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path  # the database file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_DDL)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open run state {path}: {exc}") from exc
+        if self.get("schema_version") is None:
+            self.set("schema_version", _SCHEMA_VERSION)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- small key/value facts: parameters, phase, counters -------------------------------
+    def get(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else orjson.loads(row[0])
+
+    def set(self, key: str, value: Any) -> None:
+        self._write(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, orjson.dumps(value).decode()),
+        )
+
+    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> None:
+        try:
+            self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
+
+    # -- pairs -------------------------------------------------------------------------------
+    def ingest(self, pairs: Iterable[Pair], chunk: int = 10_000) -> tuple[int, int]:
+        """Spool pairs; return ``(read, unique)``. Duplicates are dropped by the index."""
+        read = 0
+        buf: list[Pair] = []
+        try:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM pairs")
+            for pair in pairs:
+                buf.append(pair)
+                if len(buf) >= chunk:
+                    read += self._insert(buf)
+            read += self._insert(buf)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._db.execute("ROLLBACK")
+            raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return read, self.count()
+
+    def _insert(self, buf: list[Pair]) -> int:
+        self._db.executemany("INSERT OR IGNORE INTO pairs(campaign_id, send_id) VALUES (?, ?)", buf)
+        n = len(buf)
+        buf.clear()
+        return n
+
+    def count(self, status: int | None = None) -> int:
+        if status is None:
+            row = self._db.execute("SELECT count(*) FROM pairs").fetchone()
+        else:
+            row = self._db.execute("SELECT count(*) FROM pairs WHERE status = ?", (status,)).fetchone()
+        return int(row[0])
+
+    def pending(self, page: int = 1000) -> Iterator[tuple[int, Pair]]:
+        """Pairs not yet done or failed, in input order, a page at a time."""
+        last = 0
+        while True:
+            rows = self._db.execute(
+                "SELECT id, campaign_id, send_id FROM pairs WHERE status = 0 AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (last, page),
+            ).fetchall()
+            if not rows:
+                return
+            for pid, cid, sid in rows:
+                yield pid, Pair(cid, sid)
+            last = rows[-1][0]
+
+    def reset_failed(self) -> int:
+        """Make failed pairs pending again (``--retry-failed``); return how many."""
+        try:
+            self._db.execute("BEGIN")
+            cur = self._db.execute("UPDATE pairs SET status = 0 WHERE status = 2")
+            self._db.execute("DELETE FROM failures")
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._db.execute("ROLLBACK")
+            raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
+        return cur.rowcount
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def commit_checkpoint(
+        self,
+        seq: int,
+        parts: list[PartRecord],
+        done: list[int],
+        failed: list[tuple[int, int | None, str, int, str]],
+    ) -> None:
+        """Make one checkpoint durable: its staged parts, and the pairs they complete."""
+        try:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO parts(seq, tbl, date, batch, rows, file) VALUES (?, ?, ?, ?, ?, ?)",
+                [(p.seq, p.table, p.date, p.batch, p.rows, p.file) for p in parts],
+            )
+            self._db.executemany(
+                "UPDATE pairs SET status = 1, seq = ? WHERE id = ?", [(seq, i) for i in done]
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO failures(pair_id, status, message, attempts, failed_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                failed,
+            )
+            self._db.executemany("UPDATE pairs SET status = 2 WHERE id = ?", [(f[0],) for f in failed])
+            self._db.execute(
+                "INSERT INTO meta(key, value) VALUES ('next_seq', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(seq + 1),),
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._db.execute("ROLLBACK")
+            raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
+
+    def unpublished_parts(self) -> list[PartRecord]:
+        """Staged batches not yet compacted into the dataset, in publishing order."""
+        rows = self._db.execute(
+            "SELECT seq, tbl, date, batch, rows, file FROM parts WHERE gen IS NULL "
+            "ORDER BY tbl, date, seq"
+        )
+        return [PartRecord(*r) for r in rows]
+
+    def staged_files(self) -> set[str]:
+        """Checkpoint files that still hold unpublished rows."""
+        return {r[0] for r in self._db.execute("SELECT DISTINCT file FROM parts WHERE gen IS NULL")}
+
+    def mark_published(self, gen: int) -> None:
+        """The publish of generation ``gen`` is complete: its staged parts are no longer needed."""
+        try:
+            self._db.execute("BEGIN")
+            self._db.execute("UPDATE parts SET gen = ? WHERE gen IS NULL", (gen,))
+            self._db.execute(
+                "INSERT INTO meta(key, value) VALUES ('published_gen', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(gen),),
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._db.execute("ROLLBACK")
+            raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
+
+    def failures(self) -> Iterator[Failure]:
+        rows = self._db.execute(
+            "SELECT p.campaign_id, p.send_id, f.status, f.message, f.attempts, f.failed_at "
+            "FROM failures f JOIN pairs p ON p.id = f.pair_id ORDER BY p.id"
+        )
+        for r in rows:
+            yield Failure(*r)
+
+    # -- publishing -------------------------------------------------------------------------
+    def record_published(self, path: str, table: str, date: str, rows: int, size: int) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO published(path, tbl, date, rows, bytes) VALUES (?, ?, ?, ?, ?)",
+            (path, table, date, rows, size),
+        )
+
+    def published(self) -> list[tuple[str, str, str, int, int]]:
+        return list(self._db.execute("SELECT path, tbl, date, rows, bytes FROM published ORDER BY path"))
+
+    def rows_committed(self) -> dict[str, int]:
+        """Rows per table, staged or published, of this run."""
+        rows = self._db.execute("SELECT tbl, sum(rows) FROM parts GROUP BY tbl")
+        return {t: int(n) for t, n in rows}
