@@ -7,7 +7,6 @@ and never about aiohttp classes. No pyarrow here: bodies leave as bytes.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import time
 from datetime import datetime
@@ -94,9 +93,7 @@ class BrazeClient:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=cfg.request_timeout, connect=cfg.connect_timeout
-            ),
+            timeout=aiohttp.ClientTimeout(total=cfg.request_timeout, connect=cfg.connect_timeout),
             headers={
                 "Authorization": f"Bearer {cfg.api_key.reveal()}",
                 "Accept": "application/json",
@@ -138,10 +135,8 @@ class BrazeClient:
                     status = resp.status
                     limiter.observe(resp.headers)
                     retry_after = resp.headers.get("Retry-After")
-            except (TimeoutError, asyncio.TimeoutError):
-                raise TransportError(
-                    f"no complete response within {self._cfg.request_timeout:g}s"
-                ) from None
+            except TimeoutError:
+                raise TransportError(f"no complete response within {self._cfg.request_timeout:g}s") from None
             except aiohttp.ClientPayloadError as exc:
                 raise TransportError(f"truncated transfer: {exc}") from None
             except aiohttp.ClientError as exc:

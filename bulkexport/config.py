@@ -100,7 +100,9 @@ def check_endpoint(url: str, *, allow_custom: bool = False) -> str:
     parts = urlsplit(url.strip())
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https") or not host:
-        raise ConfigError(f"endpoint must be an http(s) URL such as https://rest.iad-01.braze.com, got {url!r}")
+        raise ConfigError(
+            f"endpoint must be an http(s) URL such as https://rest.iad-01.braze.com, got {url!r}"
+        )
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError("endpoint must not carry a query, fragment or credentials")
     loopback = _is_loopback(host)
@@ -115,12 +117,18 @@ def check_endpoint(url: str, *, allow_custom: bool = False) -> str:
 
 
 def default_run_id(ending_at: datetime) -> str:
-    """Nightly jobs rerun on the same day resume the same run: the id is the UTC date."""
-    return ending_at.astimezone(UTC).date().isoformat()
+    """Nightly jobs rerun on the same day resume the same run: the id is ``ending_at``'s
+    date, in the offset it was given in (the day Braze's series ends on)."""
+    return ending_at.date().isoformat()
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    if not isinstance(value, int | float) or math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+    if (
+        not isinstance(value, int | float)
+        or math.isnan(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
         raise ConfigError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value!r}")
 
 
@@ -139,6 +147,7 @@ class ExportConfig:
     share: float = 1.0
     reserve: float = DEFAULT_RESERVE
     burst: int = DEFAULT_BURST
+    max_rate: float | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     max_pause: float = DEFAULT_WINDOW + 60.0
     # --- requests and retries ---
@@ -158,7 +167,8 @@ class ExportConfig:
     @property
     def rate(self) -> float:
         """Steady pace in requests per second before any server feedback."""
-        return self.share * self.rate_limit / self.window
+        rate = self.share * self.rate_limit / self.window
+        return rate if self.max_rate is None else min(rate, self.max_rate)
 
     def describe(self) -> dict[str, object]:
         """Parameters for manifests and logs: everything but the key."""
@@ -210,9 +220,21 @@ class ExportConfig:
     def _validate(self) -> None:
         if not isinstance(self.length, int) or not 1 <= self.length <= 100:
             raise ConfigError(f"length must be an integer from 1 to 100 (Braze's limit), got {self.length!r}")
-        for name in ("rate_limit", "window", "burst", "concurrency", "request_timeout",
-                     "connect_timeout", "max_attempts", "max_rate_limited", "checkpoint_interval",
-                     "checkpoint_rows", "row_group_rows", "file_rows", "max_pause"):
+        for name in (
+            "rate_limit",
+            "window",
+            "burst",
+            "concurrency",
+            "request_timeout",
+            "connect_timeout",
+            "max_attempts",
+            "max_rate_limited",
+            "checkpoint_interval",
+            "checkpoint_rows",
+            "row_group_rows",
+            "file_rows",
+            "max_pause",
+        ):
             _positive(name, getattr(self, name))
         for name in ("backoff_initial", "backoff_max"):
             _positive(name, getattr(self, name), allow_zero=True)
@@ -220,6 +242,8 @@ class ExportConfig:
             raise ConfigError(f"share must be in (0, 1], got {self.share!r}")
         if not 0 <= self.reserve < 1:
             raise ConfigError(f"reserve must be in [0, 1), got {self.reserve!r}")
+        if self.max_rate is not None:
+            _positive("max_rate", self.max_rate)
         if self.burst > self.rate_limit:
             raise ConfigError("burst must not exceed the rate limit")
         if self.file_rows < self.row_group_rows:

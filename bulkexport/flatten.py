@@ -49,9 +49,11 @@ _INT, _FLOAT, _STR = 0, 1, 2
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 _VALID: Final[dict[int, Callable[[object], bool]]] = {
-    _INT: lambda v: v is None
-    or (type(v) is int and _I64_MIN <= v <= _I64_MAX)
-    or (type(v) is float and v.is_integer() and abs(v) <= 2**53),
+    _INT: lambda v: (
+        v is None
+        or (type(v) is int and _I64_MIN <= v <= _I64_MAX)
+        or (type(v) is float and v.is_integer() and abs(v) <= 2**53)
+    ),
     _FLOAT: lambda v: v is None or (type(v) in (int, float) and abs(v) <= 2**53),
     _STR: lambda v: v is None or type(v) is str,
 }
@@ -165,9 +167,7 @@ class _TableBuilder:
                 continue
             meta = list(zip(*g.meta, strict=True))
             slots = pa.array(meta[0], pa.int32())
-            columns: dict[str, pa.Array] = {
-                name: arr.take(slots) for name, arr in pair_columns.items()
-            }
+            columns: dict[str, pa.Array] = {name: arr.take(slots) for name, arr in pair_columns.items()}
             columns["date"] = pa.array(meta[1], pa.int32()).view(pa.date32())
             if self._channel:
                 columns["channel"] = pa.array(meta[2], pa.string())
@@ -184,9 +184,7 @@ class _TableBuilder:
             if extras:
                 unknown.update(name for name, _ in extras)
                 columns["extra_metrics"] = _extras_column(extras, n)
-            arrays = [
-                columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in self._schema
-            ]
+            arrays = [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in self._schema]
             batches.append(pa.RecordBatch.from_arrays(arrays, schema=self._schema))
         return batches
 
@@ -244,7 +242,15 @@ class Flattener:
     """
 
     __slots__ = (
-        "_channels", "_cids", "_dates", "_run_id", "_sids", "_stats", "_tokens", "_totals", "_ts",
+        "_channels",
+        "_cids",
+        "_dates",
+        "_run_id",
+        "_sids",
+        "_stats",
+        "_tokens",
+        "_totals",
+        "_ts",
     )
 
     def __init__(self, run_id: str) -> None:

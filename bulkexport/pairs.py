@@ -64,7 +64,9 @@ def pair_from_item(item: object, where: str, index: int) -> Pair:
     elif isinstance(item, tuple | list) and len(item) == 2:
         cid, sid = item
     else:
-        raise PairsInputError(where, index, f"expected a (campaign_id, send_id) pair, got {type(item).__name__}")
+        raise PairsInputError(
+            where, index, f"expected a (campaign_id, send_id) pair, got {type(item).__name__}"
+        )
     return Pair(_check_id("campaign_id", cid, where, index), _check_id("send_id", sid, where, index))
 
 
@@ -101,7 +103,7 @@ def _format_from_suffix(p: Path) -> str:
 
 def _open_text(p: Path) -> io.TextIOWrapper:
     # utf-8-sig: spreadsheets save CSV with a byte-order mark that would corrupt the header.
-    return open(p, encoding="utf-8-sig", newline="", errors="strict")  # noqa: SIM115
+    return open(p, encoding="utf-8-sig", newline="", errors="strict")
 
 
 def _iter_csv(p: Path) -> Iterator[tuple[int, Pair]]:
@@ -123,9 +125,12 @@ def _iter_csv(p: Path) -> Iterator[tuple[int, Pair]]:
                     continue
                 if len(row) != width:
                     raise PairsInputError(p, start + 1, f"expected {width} fields, got {len(row)}")
-                yield start + 1, Pair(
-                    _check_id("campaign_id", row[ci], str(p), start + 1),
-                    _check_id("send_id", row[si], str(p), start + 1),
+                yield (
+                    start + 1,
+                    Pair(
+                        _check_id("campaign_id", row[ci], str(p), start + 1),
+                        _check_id("send_id", row[si], str(p), start + 1),
+                    ),
                 )
                 start = reader.line_num
         except csv.Error as exc:
@@ -162,11 +167,12 @@ def _iter_parquet(p: Path) -> Iterator[tuple[int, Pair]]:
         raise PairsInputError(p, 0, f"Parquet file lacks column(s) {', '.join(missing)}")
     row = 0
     for batch in pf.iter_batches(batch_size=65_536, columns=list(_FIELDS)):
-        for cid, sid in zip(
-            batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
-        ):
+        for cid, sid in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
             row += 1
-            yield row, Pair(_check_id("campaign_id", cid, str(p), row), _check_id("send_id", sid, str(p), row))
+            yield (
+                row,
+                Pair(_check_id("campaign_id", cid, str(p), row), _check_id("send_id", sid, str(p), row)),
+            )
 
 
 def iter_items(items: Iterable[Any], where: str = "<pairs>") -> Iterator[tuple[int, Pair]]:

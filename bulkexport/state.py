@@ -20,7 +20,7 @@ import orjson
 from .errors import StorageError
 from .pairs import Pair
 
-__all__ = ["PENDING", "DONE", "FAILED", "Failure", "PartRecord", "RunState"]
+__all__ = ["DONE", "FAILED", "PENDING", "Failure", "PartRecord", "RunState"]
 
 PENDING, DONE, FAILED = 0, 1, 2
 _SCHEMA_VERSION = 1
@@ -87,7 +87,11 @@ class PartRecord:
 
 
 class RunState:
-    """The run's database; every method is one short transaction."""
+    """The run's database; every method is one short transaction.
+
+    The connection may be used from a worker thread (the ingest of a large pairs file) but
+    never from two threads at once: the pipeline serialises all access.
+    """
 
     __slots__ = ("_db", "path")
 
@@ -95,7 +99,7 @@ class RunState:
         self.path = path  # the database file
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_DDL)
@@ -128,30 +132,50 @@ class RunState:
     # -- pairs -------------------------------------------------------------------------------
     def ingest(self, pairs: Iterable[Pair], chunk: int = 10_000) -> tuple[int, int]:
         """Spool pairs; return ``(read, unique)``. Duplicates are dropped by the index."""
+        self.begin_ingest()
         read = 0
         buf: list[Pair] = []
         try:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM pairs")
             for pair in pairs:
                 buf.append(pair)
                 if len(buf) >= chunk:
-                    read += self._insert(buf)
-            read += self._insert(buf)
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
-            raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
+                    read += self.insert(buf)
+            read += self.insert(buf)
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self.abort_ingest()
             raise
+        self.finish_ingest()
         return read, self.count()
 
-    def _insert(self, buf: list[Pair]) -> int:
-        self._db.executemany("INSERT OR IGNORE INTO pairs(campaign_id, send_id) VALUES (?, ?)", buf)
+    def begin_ingest(self) -> None:
+        """Start spooling; until :meth:`finish_ingest` nothing is visible to a resume."""
+        try:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM pairs")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
+
+    def insert(self, buf: list[Pair]) -> int:
+        """Add a chunk of pairs to the spool (inside :meth:`begin_ingest`); clears ``buf``."""
+        try:
+            self._db.executemany("INSERT OR IGNORE INTO pairs(campaign_id, send_id) VALUES (?, ?)", buf)
+        except sqlite3.Error as exc:
+            self.abort_ingest()
+            raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
         n = len(buf)
         buf.clear()
         return n
+
+    def finish_ingest(self) -> None:
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.abort_ingest()
+            raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
+
+    def abort_ingest(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def count(self, status: int | None = None) -> int:
         if status is None:
@@ -165,8 +189,7 @@ class RunState:
         last = 0
         while True:
             rows = self._db.execute(
-                "SELECT id, campaign_id, send_id FROM pairs WHERE status = 0 AND id > ? "
-                "ORDER BY id LIMIT ?",
+                "SELECT id, campaign_id, send_id FROM pairs WHERE status = 0 AND id > ? ORDER BY id LIMIT ?",
                 (last, page),
             ).fetchall()
             if not rows:
@@ -224,8 +247,7 @@ class RunState:
     def unpublished_parts(self) -> list[PartRecord]:
         """Staged batches not yet compacted into the dataset, in publishing order."""
         rows = self._db.execute(
-            "SELECT seq, tbl, date, batch, rows, file FROM parts WHERE gen IS NULL "
-            "ORDER BY tbl, date, seq"
+            "SELECT seq, tbl, date, batch, rows, file FROM parts WHERE gen IS NULL ORDER BY tbl, date, seq"
         )
         return [PartRecord(*r) for r in rows]
 

@@ -190,9 +190,7 @@ class DataModel:
         self.body = functools.lru_cache(maxsize=cache_size)(self._render)
         self._pair = functools.lru_cache(maxsize=cache_size)(self._make_pair)
 
-    def _render(
-        self, campaign_id: str, send_id: str, length: int, ending_day: date, extras: bool
-    ) -> bytes:
+    def _render(self, campaign_id: str, send_id: str, length: int, ending_day: date, extras: bool) -> bytes:
         return orjson.dumps(self.payload(campaign_id, send_id, length, ending_day, extras))
 
     def send_date(self, campaign_id: str, send_id: str) -> date:
@@ -253,9 +251,7 @@ class DataModel:
             has_extras=rng.random() < 1 / 3,
         )
 
-    def _day(
-        self, campaign_id: str, send_id: str, pair: _Pair, day: date, extras: bool
-    ) -> dict[str, Any]:
+    def _day(self, campaign_id: str, send_id: str, pair: _Pair, day: date, extras: bool) -> dict[str, Any]:
         rng = _rng(self.seed, "day", campaign_id, send_id, day.toordinal())
         age = (day - pair.send_date).days
         # Sends land on the send day; later days carry the tail of opens and conversions.
@@ -309,9 +305,7 @@ class DataModel:
         entry.update(_outcomes(rng, recipients, keys))
         return entry
 
-    def _add_extras(
-        self, campaign_id: str, send_id: str, day: date, result: dict[str, Any]
-    ) -> None:
+    def _add_extras(self, campaign_id: str, send_id: str, day: date, result: dict[str, Any]) -> None:
         # A separate RNG, so switching extras on never changes a documented value.
         rng = _rng(self.seed, "extras", campaign_id, send_id, day.toordinal())
         messages: dict[str, list[dict[str, Any]]] = result["messages"]

@@ -90,9 +90,7 @@ class SimulatorStats:
     max_in_flight: int = 0
     per_pair: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     timestamps: list[float] = field(default_factory=list)
-    last_queries: collections.deque[str] = field(
-        default_factory=lambda: collections.deque(maxlen=1000)
-    )
+    last_queries: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=1000))
 
     def reset(self) -> None:
         """Zero the counters; ``in_flight`` is live state, so it survives."""
@@ -144,8 +142,7 @@ def _parse(query: dict[str, str]) -> tuple[str, str, int, datetime | None, list[
             ending_at = ending_at.astimezone(UTC)
         except (ValueError, OverflowError):
             errors.append(
-                f"ending_at must be an ISO-8601 datetime (URL-encode '+' as %2B), "
-                f"got {raw_ending!r}"
+                f"ending_at must be an ISO-8601 datetime (URL-encode '+' as %2B), got {raw_ending!r}"
             )
     return campaign_id, send_id, length, ending_at, errors
 
@@ -397,9 +394,7 @@ async def _fault(
     return _json(200, {"message": message, "data": []})
 
 
-async def _short_body(
-    request: web.BaseRequest, body: bytes, headers: dict[str, str]
-) -> web.StreamResponse:
+async def _short_body(request: web.BaseRequest, body: bytes, headers: dict[str, str]) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers=headers)
     response.content_type = _JSON
     response.content_length = len(body)

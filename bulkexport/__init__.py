@@ -1,0 +1,43 @@
+"""bulkexport: Braze send analytics (``GET /sends/data_series``) for thousands of
+(campaign_id, send_id) pairs, paced under the workspace's shared rate limit, written as
+Hive-partitioned Parquet that survives crashes and resumes.
+
+Public surface (everything else is private and may change)::
+
+    summary = await bulkexport.export_async("pairs.csv", "out/", endpoint=..., api_key=...)
+    summary = bulkexport.export(pairs_iterable, "out/")         # blocking, for schedulers
+    table = bulkexport.read_table("out/", "send_stats")          # read back, date typed
+"""
+
+from ._version import __version__
+from .api import export, export_async
+from .config import ApiKey, ExportConfig
+from .errors import (
+    AuthError,
+    BulkExportError,
+    ConfigError,
+    ExportInterrupted,
+    PairsInputError,
+    StorageError,
+)
+from .pairs import Pair
+from .read import dataset, read_table
+from .summary import ExportSummary
+
+__all__ = [
+    "ApiKey",
+    "AuthError",
+    "BulkExportError",
+    "ConfigError",
+    "ExportConfig",
+    "ExportInterrupted",
+    "ExportSummary",
+    "Pair",
+    "PairsInputError",
+    "StorageError",
+    "__version__",
+    "dataset",
+    "export",
+    "export_async",
+    "read_table",
+]

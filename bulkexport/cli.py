@@ -1,0 +1,313 @@
+"""The ``bulkexport`` command: a thin layer over the library that prints and maps errors to
+exit codes. It is the only module that prints.
+
+Exit codes (batch schedulers key off these; documented in the README):
+
+====  ============================================================================
+0     every pair exported (or the run was already complete)
+1     internal error (a bug: please report it with the log)
+2     bad configuration or input (options, endpoint, pairs file, run-state conflict)
+3     finished, but some pairs failed for good (see the run's failures.jsonl)
+4     Braze refused the key (401) or its permission (403)
+5     interrupted by SIGINT/SIGTERM; run the same command again to resume
+6     output or state could not be written (disk full, permissions)
+====  ============================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ._version import __version__
+from .api import export_async
+from .config import DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_LENGTH, DEFAULT_RATE_LIMIT, DEFAULT_RESERVE
+from .errors import AuthError, ConfigError, ExportInterrupted, StorageError
+from .pipeline import Exporter
+from .summary import ExportSummary
+
+__all__ = ["EXIT_CODES", "main"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG, EXIT_PARTIAL, EXIT_AUTH, EXIT_INTERRUPTED, EXIT_STORAGE = range(7)
+EXIT_CODES = {
+    EXIT_OK: "every pair exported (or the run was already complete)",
+    EXIT_INTERNAL: "internal error",
+    EXIT_CONFIG: "bad configuration or input",
+    EXIT_PARTIAL: "finished, some pairs failed for good",
+    EXIT_AUTH: "Braze refused the key or its permission",
+    EXIT_INTERRUPTED: "interrupted; run again to resume",
+    EXIT_STORAGE: "output or state could not be written",
+}
+
+log = logging.getLogger("bulkexport")
+
+
+class _Redact(logging.Filter):
+    """Last line of defence: no log record leaves with the key in it."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self._secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._secret and self._secret in record.getMessage():
+            record.msg = record.getMessage().replace(self._secret, "***")
+            record.args = None
+        return True
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc).decode()
+
+
+def _setup_logging(level: str, fmt: str) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    key = os.environ.get("BRAZE_API_KEY", "").strip()
+    handler.addFilter(_Redact(key))
+    root = logging.getLogger("bulkexport")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+    return handler
+
+
+_EXAMPLE = """\
+example (nightly):
+  export BRAZE_API_KEY=...            # never a flag: flags land in shell history
+  bulkexport export --pairs pairs.csv --out /data/lake/braze \\
+      --endpoint https://rest.iad-01.braze.com --reserve 0.3
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bulkexport",
+        description="Export Braze send analytics (GET /sends/data_series) for many "
+        "(campaign_id, send_id) pairs into Hive-partitioned Parquet.",
+        epilog="exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()),
+    )
+    p.add_argument("--version", action="version", version=f"bulkexport {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    e = sub.add_parser(
+        "export",
+        help="export pairs from a file (the nightly job)",
+        description="Fetch every pair's daily series and write send_stats and send_totals "
+        "under OUT. The API key is read from BRAZE_API_KEY. Re-running the same command "
+        "resumes an interrupted run and is a no-op for a finished one.",
+        epilog=_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("--pairs", required=True, metavar="FILE",
+                   help="pairs file: CSV with header campaign_id,send_id, JSON Lines, or Parquet")
+    e.add_argument("--pairs-format", choices=["csv", "jsonl", "parquet"],
+                   help="format of --pairs when its extension does not tell")
+    e.add_argument("--out", required=True, metavar="DIR", help="output root (dataset + _bulkexport/ state)")
+    e.add_argument("--endpoint", metavar="URL",
+                   help="REST endpoint, e.g. https://rest.iad-01.braze.com (default: $BRAZE_REST_ENDPOINT)")
+    e.add_argument("--allow-custom-endpoint", action="store_true",
+                   help="accept an https endpoint that is not a rest.<cluster>.braze.(com|eu) host")
+    e.add_argument("--length", type=int, default=DEFAULT_LENGTH, metavar="DAYS",
+                   help=f"days of series per pair, 1-100 (default {DEFAULT_LENGTH}: the 14-day "
+                   "retention plus one day of time-zone margin; length costs no extra requests)")
+    e.add_argument("--ending-at", metavar="ISO",
+                   help="end of the series, ISO-8601 (default: now; a bare date means its last second)")
+    e.add_argument("--run-id", metavar="ID",
+                   help="run id (default: the date of --ending-at); the same id resumes the same run")
+    e.add_argument("--overwrite", action="store_true", help="delete this run's earlier output and redo it")
+    e.add_argument("--retry-failed", action="store_true",
+                   help="fetch again only the pairs this run recorded as failed")
+    g = e.add_argument_group("rate (see README: 'Sharing the rate limit')")
+    g.add_argument("--rate-limit", type=int, default=DEFAULT_RATE_LIMIT, metavar="N",
+                   help=f"workspace limit per hour until Braze's headers say otherwise (default {DEFAULT_RATE_LIMIT:,})")
+    g.add_argument("--share", type=float, default=1.0, metavar="F",
+                   help="fraction of the limit to pace at (default 1.0)")
+    g.add_argument("--reserve", type=float, default=DEFAULT_RESERVE, metavar="F",
+                   help=f"fraction of each hour's budget never touched, for production traffic (default {DEFAULT_RESERVE})")
+    g.add_argument("--max-rate", type=float, metavar="R", help="hard cap in requests per second")
+    g.add_argument("--burst", type=int, default=DEFAULT_BURST, metavar="N",
+                   help=f"requests allowed at once above the pace (default {DEFAULT_BURST})")
+    g.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
+                   help=f"most requests in flight (default {DEFAULT_CONCURRENCY})")
+    r = e.add_argument_group("requests")
+    r.add_argument("--timeout", type=float, default=60.0, metavar="S", help="per-request timeout (default 60)")
+    r.add_argument("--max-attempts", type=int, default=6, metavar="N",
+                   help="attempts per pair for 5xx, timeouts and bad bodies (default 6; 429s not counted)")
+    r.add_argument("--checkpoint-interval", type=float, default=5.0, metavar="S",
+                   help="seconds between checkpoints: the most work a crash can cost (default 5)")
+    _common(e)
+
+    d = sub.add_parser(
+        "demo",
+        help="export generated pairs from a local Braze simulator (no key, no network)",
+        description="Start the Braze simulator on loopback, export generated pairs through "
+        "it with a fast simulated rate limit and a few injected faults, and show where the "
+        "data is and how to read it.",
+    )
+    d.add_argument("--pairs", type=int, default=3000, metavar="N", help="pairs to generate (default 3000)")
+    d.add_argument("--out", default="bulkexport-demo", metavar="DIR", help="output root (default ./bulkexport-demo)")
+    d.add_argument("--limit", type=int, default=2000, metavar="N",
+                   help="simulated requests per 2-second window (default 2000)")
+    _common(d)
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"])
+
+
+def _print_summary(summary: ExportSummary) -> None:
+    for line in summary.lines():
+        print(line)
+    if summary.manifest:
+        print(f"manifest   {summary.manifest}")
+    if summary.pairs_failed and summary.failures_file:
+        print(f"failures   {summary.failures_file}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return EXIT_CONFIG
+    _setup_logging(args.log_level, args.log_format)
+    exporters: list[Exporter] = []
+    try:
+        if args.command == "demo":
+            return asyncio.run(_demo(args, exporters))
+        return _finish(asyncio.run(_export(args, exporters)))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    except AuthError as exc:
+        log.error("%s", exc)
+        _print_partial(exporters)
+        return EXIT_AUTH
+    except StorageError as exc:
+        log.error("%s; the published dataset is unchanged by the failed write", exc)
+        return EXIT_STORAGE
+    except ExportInterrupted as exc:
+        log.warning("%s", exc)
+        _print_partial(exporters)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        log.warning("interrupted before the run started")
+        return EXIT_INTERRUPTED
+    except Exception:
+        log.exception("internal error")
+        return EXIT_INTERNAL
+
+
+def _print_partial(exporters: list[Exporter]) -> None:
+    if exporters:
+        for line in exporters[0].summary.lines()[1:]:
+            print(line)
+
+
+def _finish(summary: ExportSummary) -> int:
+    _print_summary(summary)
+    return EXIT_PARTIAL if summary.status == "partial" else EXIT_OK
+
+
+async def _export(args: argparse.Namespace, exporters: list[Exporter]) -> ExportSummary:
+    options: dict[str, Any] = {
+        "length": args.length,
+        "rate_limit": args.rate_limit,
+        "share": args.share,
+        "reserve": args.reserve,
+        "max_rate": args.max_rate,
+        "burst": args.burst,
+        "concurrency": args.concurrency,
+        "request_timeout": args.timeout,
+        "max_attempts": args.max_attempts,
+        "checkpoint_interval": args.checkpoint_interval,
+        "overwrite": args.overwrite,
+    }
+    return await export_async(
+        args.pairs,
+        args.out,
+        endpoint=args.endpoint,
+        ending_at=args.ending_at,
+        run_id=args.run_id,
+        pairs_format=args.pairs_format,
+        retry_failed=args.retry_failed,
+        allow_custom_endpoint=args.allow_custom_endpoint,
+        handle_signals=True,
+        on_exporter=exporters.append,
+        **options,
+    )
+
+
+def _demo_pairs(n: int) -> Iterator[tuple[str, str]]:
+    """Generated lazily: a few sends per campaign, one duplicate to show de-duplication."""
+    for i in range(n):
+        yield f"campaign-{i // 4:05d}", f"send-{i:06d}"
+    if n:
+        yield "campaign-00000", "send-000000"
+
+
+async def _demo(args: argparse.Namespace, exporters: list[Exporter]) -> int:
+    from .simulator import FaultRule, Simulator
+
+    anchor = date.today()
+    async with Simulator(
+        api_key="demo-key", seed=7, anchor_date=anchor, rate_limit=args.limit, rate_window=2.0, extras=True
+    ) as sim:
+        # A little trouble, so the summary shows retries: 2% of pairs see one 503 first.
+        sim.faults.append(FaultRule(kind="status", status=503, times=1, probability=0.02))
+        print(f"simulator  {sim.url} (Braze stand-in on loopback, {args.limit} requests per 2 s)")
+        started = time.monotonic()
+        summary = await export_async(
+            _demo_pairs(args.pairs),
+            args.out,
+            endpoint=sim.url,
+            api_key="demo-key",
+            ending_at=datetime(anchor.year, anchor.month, anchor.day, 23, 59, 59, tzinfo=UTC),
+            run_id="demo",
+            rate_limit=args.limit,
+            window=2.0,
+            concurrency=32,
+            backoff_initial=0.05,
+            backoff_max=0.5,
+            checkpoint_interval=1.0,
+            overwrite=True,
+            handle_signals=True,
+            on_exporter=exporters.append,
+        )
+        summary.wall_seconds = time.monotonic() - started
+    code = _finish(summary)
+    out = Path(args.out).resolve()
+    print(f"data       {out}/send_stats/date=YYYY-MM-DD/*.parquet and {out}/send_totals/...")
+    print("read it    python -c \"import bulkexport; "
+          f"print(bulkexport.read_table('{args.out}', 'send_stats').to_pandas().head())\"")
+    print(f"  or       duckdb -c \"SELECT date, channel, sum(sent) FROM read_parquet('{args.out}/send_stats/**/*.parquet', "
+          "hive_partitioning=true) GROUP BY ALL ORDER BY ALL\"")
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,561 @@
+"""The whole flow of one run; the only module that knows every stage.
+
+::
+
+    pairs source --ingest--> RunState (SQLite spool, dedup)
+         |
+    feeder --bounded queue--> N workers --(limiter, client, retries)--> Flattener
+                                                                          |
+                                  checkpointer: build -> staged IPC -> commit pairs done
+                                                                          |
+                                  publish: staged -> row-group-sized Parquet -> manifest
+
+Memory is bounded by the queue (2 x concurrency pairs), the flattener (a build every
+``_BUILD_EVERY`` responses) and the checkpoint buffer (``checkpoint_rows``, with workers
+waiting when a slow disk lets it reach twice that) -- never by the number of pairs.
+
+A pair counts as done only when the checkpoint holding its rows is committed in the run
+state; a stop, a crash or an auth failure at any moment leaves every other pair pending, so
+the next invocation with the same run id fetches exactly those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+
+from ._version import __version__
+from .client import BrazeClient, format_ending_at
+from .config import ExportConfig
+from .errors import (
+    AttemptError,
+    ConfigError,
+    ExportInterrupted,
+    RateLimited,
+    RetryableError,
+    StorageError,
+)
+from .flatten import Flattener
+from .limiter import RateController
+from .pairs import Pair, iter_items, iter_pair_file, pair_from_item
+from .sink import Sink, storage_errors
+from .state import DONE, FAILED, PENDING, RunState
+from .summary import ExportSummary
+
+__all__ = ["Exporter"]
+
+log = logging.getLogger("bulkexport")
+
+_BUILD_EVERY = 128  # responses per Arrow conversion: amortises per-call costs, bounds memory
+_STOP_GRACE = 5.0  # seconds in-flight requests get to finish after a stop request
+_MAX_LOGGED_UNKNOWN = 50  # distinct unknown field names logged before we go quiet
+_MANIFEST_VERSION = 1
+
+
+class _Attempts:
+    """Per-pair retry budget: errors and 429s are counted apart, as they mean different
+    things (a 429 says nothing about the pair, so it must not use up its attempts)."""
+
+    __slots__ = ("errors", "max_errors", "max_rate_limited", "rate_limited")
+
+    def __init__(self, max_errors: int, max_rate_limited: int) -> None:
+        self.errors = 0  # failed attempts other than 429
+        self.rate_limited = 0  # 429 answers
+        self.max_errors = max_errors
+        self.max_rate_limited = max_rate_limited
+
+    @property
+    def total(self) -> int:
+        return self.errors + self.rate_limited
+
+    def stop(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimited):
+            self.rate_limited += 1
+            return self.rate_limited >= self.max_rate_limited
+        self.errors += 1
+        return self.errors >= self.max_errors
+
+
+class Exporter:
+    """One run: construct, then ``await run(source)``; ``request_stop()`` from a signal."""
+
+    def __init__(
+        self,
+        cfg: ExportConfig,
+        out: str | Path,
+        *,
+        pairs_format: str | None = None,
+        retry_failed: bool = False,
+        progress_interval: float = 30.0,
+    ) -> None:
+        self.cfg = cfg
+        self.out = Path(out)
+        self._pairs_format = pairs_format
+        self._retry_failed = retry_failed
+        self._progress_interval = progress_interval
+        self._sink = Sink(self.out, cfg.run_id, row_group_rows=cfg.row_group_rows, file_rows=cfg.file_rows)
+        self.summary = ExportSummary(run_id=cfg.run_id, out=str(self.out))
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._wait = wait_exponential_jitter(initial=cfg.backoff_initial, max=cfg.backoff_max)
+        # Filled in by run():
+        self._state: RunState | None = None
+        self._flat = Flattener(cfg.run_id)
+        self._buf_tables: dict[str, list[pa.RecordBatch]] = {"send_stats": [], "send_totals": []}
+        self._buf_rows = 0
+        self._buf_done: list[int] = []
+        self._buf_failed: list[tuple[int, int | None, str, int, str]] = []
+        self._ckpt_lock = asyncio.Lock()
+        self._ckpt_wake = asyncio.Event()
+        self._ckpt_drained = asyncio.Event()
+        self._seq = 0
+        self._unknown: set[str] = set()
+        self._limiter: RateController | None = None
+        self._started = time.monotonic()
+
+    def request_stop(self) -> None:
+        """Stop taking new pairs; in-flight ones finish (or are abandoned after a grace)."""
+        if not self._stopping:
+            log.warning("stop requested: finishing in-flight requests, then committing")
+        self._stopping = True
+        self._stop.set()
+
+    # ------------------------------------------------------------------------------------
+    async def run(self, source: Any) -> ExportSummary:
+        """Ingest ``source`` (unless the run already has its pairs), fetch, publish.
+
+        Raises :class:`ConfigError`, :class:`AuthError`, :class:`StorageError` or
+        :class:`ExportInterrupted`; ``self.summary`` is filled in either way.
+        """
+        self._started = time.monotonic()
+        try:
+            return await self._run(source)
+        finally:
+            self.summary.wall_seconds = time.monotonic() - self._started
+            if self._state is not None:
+                self._state.close()
+
+    async def _run(self, source: Any) -> ExportSummary:
+        cfg, s = self.cfg, self.summary
+        state = self._open_state()
+        await self._ingest(state, source)
+        s.pairs_total = state.count()
+        s.pairs_read = int(state.get("pairs_read") or s.pairs_total)
+        if self._retry_failed:
+            n = state.reset_failed()
+            log.info("retrying %d pair(s) that failed before", n)
+            if n:
+                state.set("phase", "fetching")
+        pending = state.count(PENDING)
+        s.pairs_resumed = state.count(DONE)
+        if state.get("phase") == "published" and pending == 0:
+            s.status = "already_complete"
+            self._fill_counts(state)
+            log.info("run %s is already complete; nothing to do (use --overwrite to redo it)", cfg.run_id)
+            return s
+        removed = self._sink.remove_orphans(state.staged_files())
+        if removed:
+            log.info("removed %d incomplete checkpoint file(s) left by an earlier crash", removed)
+        self._seq = int(state.get("next_seq") or 0)
+        if pending:
+            log.info(
+                "run %s: %d pairs, %d to fetch%s; length=%d ending_at=%s, pacing at %.1f req/s",
+                cfg.run_id,
+                s.pairs_total,
+                pending,
+                f" ({s.pairs_resumed} done earlier)" if s.pairs_resumed else "",
+                cfg.length,
+                format_ending_at(cfg.ending_at),
+                cfg.rate,
+            )
+            state.set("phase", "fetching")
+            await self._fetch(state)
+        await self._publish(state)
+        self._fill_counts(state)
+        s.status = "partial" if s.pairs_failed else "complete"
+        self._write_outputs(state)
+        log.info(
+            "run %s %s: %d exported, %d failed, %d files",
+            cfg.run_id,
+            s.status,
+            s.pairs_done,
+            s.pairs_failed,
+            s.files,
+        )
+        return s
+
+    # -- state ----------------------------------------------------------------------------
+    def _open_state(self) -> RunState:
+        cfg = self.cfg
+        path = self._sink.run_dir / "state.sqlite"
+        if cfg.overwrite and path.exists():
+            old = RunState(path)
+            published = [p[0] for p in old.published()]
+            old.close()
+            self._sink.remove_run(published)
+            log.info("--overwrite: removed run %s (%d published files)", cfg.run_id, len(published))
+        self._sink.prepare()
+        state = self._state = RunState(path)
+        params = {
+            "endpoint": cfg.endpoint,
+            "length": cfg.length,
+            "ending_at": format_ending_at(cfg.ending_at),
+        }
+        known = state.get("params")
+        if known is None:
+            state.set("params", params)
+        elif known != params:
+            diff = ", ".join(
+                f"{k}: {known.get(k)!r} then, {v!r} now" for k, v in params.items() if known.get(k) != v
+            )
+            raise ConfigError(
+                f"run {cfg.run_id} already exists in {self.out} with other parameters ({diff}); "
+                "pass the same values to resume it, --run-id for a new run, or --overwrite"
+            )
+        return state
+
+    async def _ingest(self, state: RunState, source: Any) -> None:
+        if state.get("ingested"):
+            if source is not None and not isinstance(source, str | Path):
+                log.info("resuming run %s: using its recorded pairs", self.cfg.run_id)
+            return
+        if isinstance(source, str | Path):
+            read, unique = await asyncio.to_thread(
+                state.ingest, (p for _, p in iter_pair_file(source, self._pairs_format))
+            )
+        elif isinstance(source, AsyncIterable):
+            read, unique = await self._ingest_async(state, source)
+        elif isinstance(source, Iterable):
+            read, unique = await asyncio.to_thread(state.ingest, (p for _, p in iter_items(source)))
+        else:
+            raise ConfigError(
+                f"pairs must be a file path or an iterable of pairs, not {type(source).__name__}"
+            )
+        if unique == 0:
+            log.warning("the pairs input holds no pairs")
+        state.set("pairs_read", read)
+        state.set("ingested", True)
+        if read != unique:
+            log.info("read %d pairs, %d duplicates ignored", read, read - unique)
+
+    async def _ingest_async(self, state: RunState, source: AsyncIterable[Any]) -> tuple[int, int]:
+        state.begin_ingest()
+        read, buf = 0, []
+        try:
+            async for item in source:
+                read += 1
+                buf.append(pair_from_item(item, "<pairs>", read))
+                if len(buf) >= 10_000:
+                    state.insert(buf)
+            state.insert(buf)
+        except BaseException:
+            state.abort_ingest()
+            raise
+        state.finish_ingest()
+        return read, state.count()
+
+    # -- fetching -------------------------------------------------------------------------
+    async def _fetch(self, state: RunState) -> None:
+        cfg = self.cfg
+        limiter = self._limiter = RateController(
+            limit=cfg.rate_limit,
+            window=cfg.window,
+            share=cfg.share,
+            reserve=cfg.reserve,
+            burst=cfg.burst,
+            max_rate=cfg.max_rate,
+            max_pause=cfg.max_pause,
+        )
+        started = time.monotonic()
+        queue: asyncio.Queue[tuple[int, Pair] | None] = asyncio.Queue(maxsize=cfg.concurrency * 2)
+        fatal: BaseException | None = None
+        try:
+            async with BrazeClient(cfg, limiter) as client:
+                feeder = asyncio.create_task(self._feed(state, queue))
+                workers = [asyncio.create_task(self._work(queue, client)) for _ in range(cfg.concurrency)]
+                ckpt = asyncio.create_task(self._checkpoint_loop())
+                try:
+                    fatal = await self._supervise(feeder, workers)
+                finally:
+                    for t in (feeder, *workers):
+                        t.cancel()
+                    await asyncio.gather(feeder, *workers, return_exceptions=True)
+                    ckpt.cancel()
+                    await asyncio.gather(ckpt, return_exceptions=True)
+                    self._account(client, limiter, started)
+        finally:
+            # Whatever ended the fetch, commit what is complete so a resume skips it.
+            await asyncio.shield(self._checkpoint())
+        if fatal is not None:
+            raise fatal
+        if self._stopping:
+            raise ExportInterrupted(
+                f"run {cfg.run_id} stopped by request after {self.summary.requests} requests; "
+                "run the same command again to resume"
+            )
+
+    async def _supervise(
+        self, feeder: asyncio.Task[None], workers: list[asyncio.Task[None]]
+    ) -> BaseException | None:
+        """Wait for the workers; return the first fatal error. After a stop request, give
+        in-flight requests a grace period, then abandon them (their pairs stay pending)."""
+        pending: set[asyncio.Task[Any]] = set(workers)
+        stop_wait = asyncio.create_task(self._stop.wait())
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if stop_wait in done:
+                    done.discard(stop_wait)
+                    pending.discard(stop_wait)
+                    if pending:
+                        finished, late = await asyncio.wait(pending, timeout=_STOP_GRACE)
+                        for t in late:
+                            t.cancel()
+                        await asyncio.gather(*late, return_exceptions=True)
+                        done |= finished
+                        pending = set()
+                for t in done:
+                    if not t.cancelled() and t.exception() is not None:
+                        return t.exception()
+                pending.discard(stop_wait)
+            if feeder.done() and not feeder.cancelled():
+                return feeder.exception()
+            return None
+        finally:
+            stop_wait.cancel()
+
+    async def _feed(self, state: RunState, queue: asyncio.Queue[tuple[int, Pair] | None]) -> None:
+        finished = False
+        try:
+            for item in state.pending():
+                if self._stopping:
+                    break
+                await queue.put(item)
+            finished = not self._stopping
+        finally:
+            if finished:
+                for _ in range(self.cfg.concurrency):
+                    await queue.put(None)
+            else:
+                # Stopping or failing: drop what is queued (it stays pending in the state)
+                # and wake every idle worker.
+                while not queue.empty():
+                    queue.get_nowait()
+                for _ in range(self.cfg.concurrency):
+                    queue.put_nowait(None)
+
+    async def _work(self, queue: asyncio.Queue[tuple[int, Pair] | None], client: BrazeClient) -> None:
+        cfg = self.cfg
+        while not self._stopping:
+            item = await queue.get()
+            if item is None:
+                return
+            pid, pair = item
+            attempts = _Attempts(cfg.max_attempts, cfg.max_rate_limited)
+            failed = False
+            try:
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception_type(RetryableError),
+                    stop=attempts.stop,
+                    wait=self._wait_for,
+                    reraise=True,
+                ):
+                    with attempt:
+                        body = await client.fetch(pair)
+                        now_us = time.time_ns() // 1000
+                        self._flat.add(pid, pair.campaign_id, pair.send_id, body, now_us)
+            except AttemptError as exc:
+                failed = True
+                # stop() counted every retryable failure; a permanent one ends without it.
+                total = attempts.total + (0 if isinstance(exc, RetryableError) else 1)
+                self._record_failure(pid, pair, exc, total)
+            # Attempts after the first: failures counted by stop(), minus the last if it failed.
+            self.summary.retries += max(attempts.total - (1 if failed else 0), 0)
+            if len(self._flat) >= _BUILD_EVERY:
+                self._build()
+            if self._buf_rows >= cfg.checkpoint_rows:
+                self._ckpt_wake.set()
+                if self._buf_rows >= 2 * cfg.checkpoint_rows:
+                    # Back-pressure: the disk is slower than the network; wait for it.
+                    self._ckpt_drained.clear()
+                    await self._ckpt_drained.wait()
+
+    def _wait_for(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimited):
+            return 0.0  # the limiter already pauses every worker until the reset
+        return float(self._wait(state))
+
+    def _record_failure(self, pid: int, pair: Pair, exc: AttemptError, attempts: int) -> None:
+        when = datetime.now(UTC).isoformat(timespec="seconds")
+        self._buf_failed.append((pid, exc.status, exc.reason, attempts, when))
+        log.warning(
+            "pair failed for good after %d attempt(s): campaign_id=%r send_id=%r: %s",
+            attempts,
+            pair.campaign_id,
+            pair.send_id,
+            exc,
+        )
+
+    def _build(self) -> None:
+        if not len(self._flat):
+            return
+        fb = self._flat.build()
+        self._buf_tables["send_stats"].extend(fb.stats)
+        self._buf_tables["send_totals"].extend(fb.totals)
+        self._buf_rows += fb.stats_rows + fb.totals_rows
+        self._buf_done.extend(fb.done)
+        when = datetime.now(UTC).isoformat(timespec="seconds")
+        for token, reason in fb.rejected.items():
+            self._buf_failed.append((token, 200, reason, 1, when))
+            log.warning("pair %d rejected: %s", token, reason)
+        new = (fb.unknown_fields | {f"channel:{c}" for c in fb.unknown_channels}) - self._unknown
+        for name in sorted(new):
+            if len(self._unknown) < _MAX_LOGGED_UNKNOWN:
+                log.warning(
+                    "Braze sent %s the schema does not know; kept (see extra_metrics)",
+                    f"a channel {name[8:]!r}" if name.startswith("channel:") else f"a field {name!r}",
+                )
+            self._unknown.add(name)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    async def _checkpoint_loop(self) -> None:
+        cfg = self.cfg
+        last_progress = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ckpt_wake.wait(), timeout=cfg.checkpoint_interval)
+            self._ckpt_wake.clear()
+            await self._checkpoint()
+            if time.monotonic() - last_progress >= self._progress_interval:
+                last_progress = time.monotonic()
+                self._log_progress()
+
+    async def _checkpoint(self) -> None:
+        """Write what is complete and mark its pairs done, in that order."""
+        async with self._ckpt_lock:
+            self._build()
+            if not (self._buf_done or self._buf_failed):
+                self._ckpt_drained.set()
+                return
+            state = self._state
+            assert state is not None
+            tables, self._buf_tables = self._buf_tables, {"send_stats": [], "send_totals": []}
+            done, self._buf_done = self._buf_done, []
+            failed, self._buf_failed = self._buf_failed, []
+            rows, self._buf_rows = self._buf_rows, 0
+            seq = self._seq
+            self._seq += 1
+            self._ckpt_drained.set()
+            try:
+                parts = await asyncio.to_thread(self._sink.write_checkpoint, seq, tables)
+                state.commit_checkpoint(seq, parts, done, failed)
+            except StorageError:
+                self.request_stop()
+                raise
+            log.debug("checkpoint %d: %d pairs, %d rows", seq, len(done), rows)
+
+    def _log_progress(self) -> None:
+        st = self._state
+        lim = self._limiter
+        if st is None or lim is None:
+            return
+        s = self.summary
+        log.info(
+            "progress: %d/%d pairs done, %d failed, %d requests, %d x 429, %.0fs paused, pace %.1f req/s",
+            st.count(DONE),
+            s.pairs_total,
+            st.count(FAILED),
+            s.requests,
+            lim.stats.rate_limited,
+            lim.stats.paused_seconds,
+            lim.target_rate,
+        )
+
+    def _account(self, client: BrazeClient, limiter: RateController, started: float) -> None:
+        s = self.summary
+        s.requests += client.requests
+        for k, v in client.statuses.items():
+            s.statuses[k] = s.statuses.get(k, 0) + v
+        s.fetch_seconds += time.monotonic() - started
+        s.rate_limited += limiter.stats.rate_limited
+        s.paused_seconds += limiter.stats.paused_seconds
+        s.limit = limiter.stats.limit
+        s.base_rate = limiter.base_rate
+        s.max_in_flight = limiter.stats.max_in_flight
+
+    # -- publishing -----------------------------------------------------------------------
+    async def _publish(self, state: RunState) -> None:
+        parts = state.unpublished_parts()
+        gen = int(state.get("published_gen") if state.get("published_gen") is not None else -1) + 1
+        state.set("phase", "publishing")
+        files: list[tuple[str, str, str, int, int]] = []
+        if parts:
+            await asyncio.to_thread(self._sink.publish, parts, gen, lambda *f: files.append(f))
+        for f in files:
+            state.record_published(*f)
+        staged = {p.file for p in parts}
+        state.mark_published(gen)
+        state.set("phase", "published")
+        self._sink.remove_staged(staged)
+        if files:
+            log.info("published %d file(s) for run %s", len(files), self.cfg.run_id)
+
+    def _fill_counts(self, state: RunState) -> None:
+        s = self.summary
+        s.pairs_done = state.count(DONE)
+        s.pairs_failed = state.count(FAILED)
+        rows = state.rows_committed()
+        s.stats_rows = rows.get("send_stats", 0)
+        s.totals_rows = rows.get("send_totals", 0)
+        s.files = len(state.published())
+        s.unknown_fields = sorted(n for n in self._unknown if not n.startswith("channel:"))
+        s.unknown_channels = sorted(n[8:] for n in self._unknown if n.startswith("channel:"))
+
+    def _write_outputs(self, state: RunState) -> None:
+        s, sink = self.summary, self._sink
+        s.wall_seconds = time.monotonic() - self._started
+        failures = [
+            {
+                "campaign_id": f.campaign_id,
+                "send_id": f.send_id,
+                "status": f.status,
+                "message": f.message,
+                "attempts": f.attempts,
+                "failed_at": f.failed_at,
+            }
+            for f in state.failures()
+        ]
+        path = sink.run_dir / "failures.jsonl"
+        with storage_errors(f"write {path}"):
+            tmp = path.with_name(".failures.jsonl.tmp")
+            tmp.write_bytes(b"".join(orjson.dumps(f) + b"\n" for f in failures))
+            tmp.replace(path)
+        s.failures_file = str(path)
+        manifest = {
+            "manifest_version": _MANIFEST_VERSION,
+            "bulkexport_version": __version__,
+            "run_id": self.cfg.run_id,
+            "status": s.status,
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "parameters": self.cfg.describe(),
+            "summary": s.to_dict(),
+            "files": [
+                {"path": p, "table": t, "date": d, "rows": r, "bytes": b}
+                for p, t, d, r, b in state.published()
+            ],
+            "failures": failures[:1000],
+            "failures_total": len(failures),
+        }
+        s.manifest = str(sink.write_json("manifest.json", manifest))

@@ -1,0 +1,277 @@
+"""Writing rows durably: checkpoint parts under the run's state folder, then the dataset.
+
+Two stages, because the two goals pull apart. Checkpoints must be frequent (a killed run
+should refetch seconds of work, not minutes), while the published dataset should hold few,
+row-group-sized files. So:
+
+* :meth:`Sink.write_checkpoint` writes one Arrow IPC file per table per checkpoint under
+  ``_bulkexport/runs/<run_id>/staging/`` (zstd-compressed, one record batch per date),
+  written under a temporary name, fsynced, then renamed.
+* :meth:`Sink.publish` compacts the staged batches, date by date, into Parquet files of
+  ``row_group_rows``-row groups, at most ``file_rows`` rows each, under
+  ``<table>/date=YYYY-MM-DD/part-<run_id>-<gen>-<n>.parquet``. Each file is written under a
+  hidden temporary name (``.``-prefixed, ``.tmp`` suffix: no reader lists it) and renamed
+  into place only when complete, so a reader never sees a partial file.
+
+File names hold only the run id (validated to ``[A-Za-z0-9._-]``), a generation and a
+counter: campaign and send ids never become paths, whatever characters they contain.
+Everything here is synchronous and runs in a worker thread (``asyncio.to_thread``); Arrow
+and Parquet encoding release the GIL.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from itertools import groupby
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import StorageError
+from .schema import DATE, TABLES
+from .state import PartRecord
+
+__all__ = ["STATE_DIR", "Sink"]
+
+#: Folder under the output root that holds run state; the leading underscore makes
+#: pyarrow, Spark and Hive-style readers skip it.
+STATE_DIR = "_bulkexport"
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+_TMP_SUFFIX = ".tmp"
+
+
+@contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Translate OS errors into :class:`StorageError` with a message a person can act on."""
+    try:
+        yield
+    except OSError as exc:
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise StorageError(f"cannot {what}: {reason} ({exc.filename or ''})".replace(" ()", "")) from exc
+    except pa.ArrowException as exc:
+        raise StorageError(f"cannot {what}: {exc}") from exc
+
+
+def _fsync_path(path: Path, *, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit_file(tmp: Path, final: Path) -> None:
+    """Make ``tmp`` durable and visible as ``final`` in one atomic step."""
+    _fsync_path(tmp)
+    os.replace(tmp, final)
+    _fsync_path(final.parent, directory=True)
+
+
+class Sink:
+    """The on-disk layout of one run under one output root (local filesystem)."""
+
+    __slots__ = ("file_rows", "out", "row_group_rows", "run_dir", "run_id", "staging")
+
+    def __init__(self, out: Path, run_id: str, *, row_group_rows: int, file_rows: int) -> None:
+        self.out = out  # dataset root
+        self.run_id = run_id  # validated: safe in file names
+        self.run_dir = out / STATE_DIR / "runs" / run_id  # state, staging, manifest
+        self.staging = self.run_dir / "staging"  # checkpoint files
+        self.row_group_rows = row_group_rows  # rows per Parquet row group
+        self.file_rows = file_rows  # rows per Parquet file, at most
+
+    def prepare(self) -> None:
+        with storage_errors(f"create the output folder {self.out}"):
+            self.staging.mkdir(parents=True, exist_ok=True)
+            probe = self.staging / f".probe{_TMP_SUFFIX}"
+            probe.write_bytes(b"")
+            probe.unlink()
+
+    def remove_orphans(self, keep: set[str]) -> int:
+        """Delete staged files no committed checkpoint refers to (a crash between write and
+        commit leaves them); return how many."""
+        removed = 0
+        if not self.staging.is_dir():
+            return 0
+        with storage_errors(f"clean {self.staging}"):
+            for entry in self.staging.iterdir():
+                if entry.name not in keep:
+                    entry.unlink()
+                    removed += 1
+        return removed
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def write_checkpoint(self, seq: int, tables: dict[str, list[pa.RecordBatch]]) -> list[PartRecord]:
+        """Write one staged file per table; return the records to commit with the pairs."""
+        records: list[PartRecord] = []
+        for name, batches in tables.items():
+            batches = [b for b in batches if b.num_rows]
+            if not batches:
+                continue
+            table = pa.Table.from_batches(batches)
+            dates = table.column(DATE)
+            file_name = f"ckpt-{seq:08d}-{name}.arrow"
+            final = self.staging / file_name
+            tmp = self.staging / f".{file_name}{_TMP_SUFFIX}"
+            with storage_errors(f"write checkpoint {final}"):
+                with (
+                    pa.OSFile(str(tmp), "wb") as sink,
+                    pa.ipc.new_file(sink, TABLES[name], options=_IPC_OPTIONS) as writer,
+                ):
+                    for index, day in enumerate(sorted(pc.unique(dates).to_pylist())):
+                        part = table.filter(pc.equal(dates, pa.scalar(day, pa.date32())))
+                        part = part.drop_columns([DATE]).combine_chunks()
+                        for batch in part.to_batches():
+                            writer.write_batch(batch)
+                        records.append(
+                            PartRecord(seq, name, day.isoformat(), index, part.num_rows, file_name)
+                        )
+                _commit_file(tmp, final)
+        return records
+
+    # -- publishing ---------------------------------------------------------------------------
+    def publish(
+        self,
+        parts: list[PartRecord],
+        gen: int,
+        on_file: Callable[[str, str, str, int, int], None],
+    ) -> None:
+        """Compact staged parts into the dataset; ``on_file(path, table, date, rows, bytes)``
+        is called after each file is visible. Deterministic: a crashed publish redone
+        writes the same names, which atomically replace what the first attempt left."""
+        counters: dict[str, int] = {}
+        for (table, day), group in groupby(parts, key=lambda p: (p.table, p.date)):
+            directory = self.out / table / f"{DATE}={day}"
+            with storage_errors(f"create {directory}"):
+                directory.mkdir(parents=True, exist_ok=True)
+            writer = _PartitionWriter(self, directory, table, day, gen, counters, on_file)
+            try:
+                for part in group:
+                    # One record batch per (file, table, date): each file is opened once per
+                    # date, and closed before the next, so descriptors stay few.
+                    with (
+                        storage_errors(f"read checkpoint {part.file}"),
+                        pa.OSFile(str(self.staging / part.file)) as source,
+                    ):
+                        batch = pa.ipc.open_file(source).get_batch(part.batch)
+                        writer.add(batch)
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+
+    def remove_staged(self, files: set[str]) -> None:
+        with storage_errors(f"clean {self.staging}"):
+            for name in files:
+                (self.staging / name).unlink(missing_ok=True)
+
+    def write_json(self, name: str, doc: object) -> Path:
+        """Write a small JSON document (manifest) atomically next to the run state."""
+        final = self.run_dir / name
+        tmp = self.run_dir / f".{name}{_TMP_SUFFIX}"
+        with storage_errors(f"write {final}"):
+            tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+            _commit_file(tmp, final)
+        return final
+
+    def remove_run(self, published: list[str]) -> None:
+        """``--overwrite``: delete a run's published files and its state."""
+        with storage_errors("remove the earlier run"):
+            for rel in published:
+                (self.out / rel).unlink(missing_ok=True)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class _PartitionWriter:
+    """Streams batches of one table and date into row-group-sized Parquet files."""
+
+    __slots__ = (
+        "_buffer", "_buffered", "_counters", "_day", "_dir", "_file_rows", "_gen", "_on_file",
+        "_path", "_sink", "_table", "_tmp", "_writer",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        sink: Sink,
+        directory: Path,
+        table: str,
+        day: str,
+        gen: int,
+        counters: dict[str, int],
+        on_file: Callable[[str, str, str, int, int], None],
+    ) -> None:
+        self._sink = sink  # sizes, run id, output root
+        self._dir = directory  # the partition folder
+        self._table = table  # table name
+        self._day = day  # partition value
+        self._gen = gen  # publish generation, part of file names
+        self._counters = counters  # table -> next file number (shared across dates)
+        self._on_file = on_file  # called once a file is visible
+        self._buffer: list[pa.RecordBatch] = []  # rows not yet written
+        self._buffered = 0  # rows in _buffer
+        self._writer: pq.ParquetWriter | None = None  # open file, if any
+        self._path: Path | None = None  # its final name
+        self._tmp: Path | None = None  # its temporary name
+        self._file_rows = 0  # rows in the open file
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self._buffer.append(batch)
+        self._buffered += batch.num_rows
+        group = self._sink.row_group_rows
+        while self._buffered >= group:
+            table = pa.Table.from_batches(self._buffer)
+            self._write(table.slice(0, group))
+            rest = table.slice(group)
+            self._buffer = rest.to_batches()
+            self._buffered = rest.num_rows
+
+    def close(self) -> None:
+        if self._buffered:
+            self._write(pa.Table.from_batches(self._buffer))
+        self._buffer, self._buffered = [], 0
+        self._finish_file()
+
+    def _write(self, table: pa.Table) -> None:
+        """Write ``table`` as one row group, starting a new file when the open one is full."""
+        if self._writer is not None and self._file_rows + table.num_rows > self._sink.file_rows:
+            self._finish_file()
+        if self._writer is None:
+            n = self._counters.get(self._table, 0)
+            self._counters[self._table] = n + 1
+            name = f"part-{self._sink.run_id}-{self._gen}-{n:05d}.parquet"
+            self._path = self._dir / name
+            self._tmp = self._dir / f".{name}{_TMP_SUFFIX}"
+            with storage_errors(f"write {self._path}"):
+                self._writer = pq.ParquetWriter(str(self._tmp), TABLES[self._table], compression="zstd")
+            self._file_rows = 0
+        with storage_errors(f"write {self._path}"):
+            self._writer.write_table(table.combine_chunks(), row_group_size=table.num_rows)
+        self._file_rows += table.num_rows
+
+    def abort(self) -> None:
+        """Drop the file being written: it never becomes visible."""
+        if self._writer is not None:
+            with suppress(OSError, pa.ArrowException):
+                self._writer.close()
+            self._writer = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+    def _finish_file(self) -> None:
+        if self._writer is None:
+            return
+        assert self._path is not None and self._tmp is not None
+        with storage_errors(f"write {self._path}"):
+            self._writer.close()
+            _commit_file(self._tmp, self._path)
+            size = self._path.stat().st_size
+        rel = self._path.relative_to(self._sink.out).as_posix()
+        self._on_file(rel, self._table, self._day, self._file_rows, size)
+        self._writer = None

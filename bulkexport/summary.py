@@ -1,0 +1,73 @@
+"""The result of a run, as the library returns it and the CLI prints it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["ExportSummary", "Status"]
+
+#: ``complete``: every pair exported. ``partial``: finished, some pairs failed for good.
+#: ``already_complete``: the run id was finished before; nothing was fetched.
+Status = Literal["complete", "partial", "already_complete", "interrupted"]
+
+
+@dataclass(slots=True)
+class ExportSummary:
+    """Counts and timings of one invocation (a resumed run counts its earlier sessions'
+    pairs in ``pairs_done``; requests and timings are this invocation's)."""
+
+    run_id: str
+    out: str
+    status: Status = "complete"
+    pairs_total: int = 0  # unique pairs in the run
+    pairs_read: int = 0  # records read from the input (duplicates included)
+    pairs_done: int = 0  # exported, in this run (all sessions)
+    pairs_failed: int = 0  # failed for good
+    pairs_resumed: int = 0  # already done when this invocation started
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0  # HTTP 429 responses
+    statuses: dict[int, int] = field(default_factory=dict)
+    stats_rows: int = 0  # send_stats rows written by this run
+    totals_rows: int = 0  # send_totals rows written by this run
+    files: int = 0  # Parquet files this run published
+    wall_seconds: float = 0.0
+    fetch_seconds: float = 0.0
+    paused_seconds: float = 0.0
+    limit: int | None = None  # X-RateLimit-Limit learnt from Braze
+    base_rate: float = 0.0  # requests/s the run paced at before feedback
+    max_in_flight: int = 0
+    unknown_fields: list[str] = field(default_factory=list)
+    unknown_channels: list[str] = field(default_factory=list)
+    manifest: str | None = None
+    failures_file: str | None = None
+
+    @property
+    def request_rate(self) -> float:
+        """Achieved requests per second while fetching."""
+        return self.requests / self.fetch_seconds if self.fetch_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["request_rate"] = round(self.request_rate, 3)
+        out["statuses"] = {str(k): v for k, v in sorted(self.statuses.items())}
+        return out
+
+    def lines(self) -> list[str]:
+        """The human summary, one fact per line."""
+        limit = f"{self.limit:,}/window (learnt)" if self.limit else "not reported"
+        return [
+            f"run {self.run_id}: {self.status}",
+            f"pairs      {self.pairs_done:,} exported, {self.pairs_failed:,} failed "
+            f"of {self.pairs_total:,} ({self.pairs_read:,} read, "
+            f"{self.pairs_read - self.pairs_total:,} duplicates"
+            + (f", {self.pairs_resumed:,} done before this session)" if self.pairs_resumed else ")"),
+            f"requests   {self.requests:,} ({self.retries:,} retries, {self.rate_limited:,} x 429)",
+            f"rows       send_stats {self.stats_rows:,}, send_totals {self.totals_rows:,}",
+            f"files      {self.files:,} Parquet files published",
+            f"time       {self.wall_seconds:.1f}s wall, {self.paused_seconds:.1f}s paused",
+            f"rate       {self.request_rate:,.1f} requests/s achieved "
+            f"(paced at {self.base_rate:,.1f}/s; limit {limit})",
+        ]
