@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from ._version import __version__
 from .client import BrazeClient, format_ending_at
@@ -108,7 +108,8 @@ class Exporter:
         self.summary = ExportSummary(run_id=cfg.run_id, out=str(self.out))
         self._stop = asyncio.Event()
         self._stopping = False
-        self._wait = wait_exponential_jitter(initial=cfg.backoff_initial, max=cfg.backoff_max)
+        # Full jitter (random in [0, min(max, initial x 2^n)]): spreads retries of many workers.
+        self._wait = wait_random_exponential(multiplier=cfg.backoff_initial, max=cfg.backoff_max)
         # Filled in by run():
         self._state: RunState | None = None
         self._flat = Flattener(cfg.run_id)
@@ -181,6 +182,9 @@ class Exporter:
             )
             state.set("phase", "fetching")
             await self._fetch(state)
+            left = state.count(PENDING)
+            if left:  # every worker ended and nothing failed: this would be a bug of ours
+                raise RuntimeError(f"{left} pairs are still pending after the fetch; run again to resume")
         await self._publish(state)
         self._fill_counts(state)
         s.status = "partial" if s.pairs_failed else "complete"
@@ -437,7 +441,10 @@ class Exporter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ckpt_wake.wait(), timeout=cfg.checkpoint_interval)
             self._ckpt_wake.clear()
-            await self._checkpoint()
+            # Shielded: cancelling this loop at the end of the fetch must not abandon a
+            # checkpoint between its file write and its commit (the final checkpoint waits
+            # for it on the lock).
+            await asyncio.shield(self._checkpoint())
             if time.monotonic() - last_progress >= self._progress_interval:
                 last_progress = time.monotonic()
                 self._log_progress()

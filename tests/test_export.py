@@ -1,0 +1,170 @@
+"""End to end over loopback HTTP: the Parquet output equals the simulator's ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import bulkexport
+from bulkexport.schema import (
+    KNOWN_CHANNELS,
+    STATS_FILE_SCHEMA,
+    STATS_FLOAT_METRICS,
+    STATS_INT_METRICS,
+    TOTALS_FILE_SCHEMA,
+    TOTALS_FLOAT_METRICS,
+    TOTALS_INT_METRICS,
+)
+from bulkexport.simulator import CHANNEL_METRICS, Simulator
+
+from .conftest import ENDING_AT, pairs_for, run
+from .truth import STATS_KEYS, TOTALS_KEYS, expected, normalise
+
+STATS_KNOWN = set(STATS_INT_METRICS) | set(STATS_FLOAT_METRICS)
+TOTALS_KNOWN = set(TOTALS_INT_METRICS) | set(TOTALS_FLOAT_METRICS)
+
+
+def _check_equal(out: Path, sim: Simulator, pairs: list[tuple[str, str]], length: int = 15) -> tuple[int, int]:
+    want_stats, want_totals = expected(sim, pairs, length, ENDING_AT, STATS_KNOWN, TOTALS_KNOWN)
+    got_stats = bulkexport.read_table(out, "send_stats").to_pylist()
+    got_totals = bulkexport.read_table(out, "send_totals").to_pylist()
+    assert len(got_stats) == len(want_stats)
+    assert len(got_totals) == len(want_totals)
+    assert normalise(got_stats, STATS_KEYS) == normalise(want_stats, STATS_KEYS)
+    assert normalise(got_totals, TOTALS_KEYS) == normalise(want_totals, TOTALS_KEYS)
+    return len(want_stats), len(want_totals)
+
+
+async def test_output_equals_ground_truth_for_every_channel(sim: Simulator, tmp_path: Path) -> None:
+    sim.extras = True
+    pairs = pairs_for(400)
+    summary = await run(sim, pairs, tmp_path)
+    assert summary.status == "complete"
+    assert (summary.pairs_done, summary.pairs_failed, summary.pairs_total) == (400, 0, 400)
+    n_stats, n_totals = _check_equal(tmp_path, sim, pairs)
+    assert (summary.stats_rows, summary.totals_rows) == (n_stats, n_totals)
+    channels = set(bulkexport.read_table(tmp_path, "send_stats", columns=["channel"]).column(0).to_pylist())
+    assert set(CHANNEL_METRICS) <= channels  # every documented channel was exercised
+    assert "line" in channels - KNOWN_CHANNELS  # and an unknown one was kept
+    assert summary.unknown_channels == ["line"]
+    assert "amp_opens" in summary.unknown_fields
+
+
+async def test_types_are_stable_and_partitions_typed(sim: Simulator, tmp_path: Path) -> None:
+    await run(sim, pairs_for(60), tmp_path)
+    stats = bulkexport.read_table(tmp_path, "send_stats")
+    assert stats.schema.field("date").type == pa.date32()
+    assert stats.schema.field("exported_at").type == pa.timestamp("us", tz="UTC")
+    assert stats.schema.field("revenue").type == pa.float64()
+    assert stats.schema.field("sent").type == pa.int64()
+    # Every file has exactly the declared schema, whatever the batch held (revenue sent as 0).
+    files = sorted((tmp_path / "send_stats").rglob("*.parquet"))
+    assert files
+    for f in files:
+        assert pq.read_schema(f).remove_metadata() == STATS_FILE_SCHEMA.remove_metadata()
+    for f in sorted((tmp_path / "send_totals").rglob("*.parquet")):
+        assert pq.read_schema(f).remove_metadata() == TOTALS_FILE_SCHEMA.remove_metadata()
+    assert set(stats.column("run_id").to_pylist()) == {"2026-11-27"}
+    zero_revenue = [r for r in stats.column("revenue").to_pylist() if r == 0]
+    assert zero_revenue and all(isinstance(r, float) for r in zero_revenue)
+
+
+async def test_files_depend_on_partitions_not_pairs(sim: Simulator, tmp_path: Path) -> None:
+    few, many = tmp_path / "few", tmp_path / "many"
+    s1 = await run(sim, pairs_for(20), few, checkpoint_interval=0.01)
+    s2 = await run(sim, pairs_for(600), many, checkpoint_interval=0.01)
+    dates = {p.name for p in (many / "send_stats").iterdir()}
+    # One file per table and date, whatever the number of pairs or checkpoints.
+    assert s2.files == 2 * len(dates)
+    assert s1.files <= s2.files
+    for table in ("send_stats", "send_totals"):
+        for part in (many / table).iterdir():
+            assert len(list(part.glob("*.parquet"))) == 1
+    # No temporary or hidden files are visible in the dataset.
+    assert not [p for p in many.rglob("*") if p.name.startswith(".")]
+
+
+async def test_row_groups_and_file_rotation(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(200)
+    await run(sim, pairs, tmp_path, row_group_rows=100, file_rows=300)
+    _check_equal(tmp_path, sim, pairs)
+    for f in (tmp_path / "send_stats").rglob("*.parquet"):
+        meta = pq.ParquetFile(f).metadata
+        assert meta.num_rows <= 300
+        assert all(meta.row_group(i).num_rows <= 100 for i in range(meta.num_row_groups))
+
+
+@pytest.mark.parametrize(
+    "cid, sid",
+    [
+        ("camp/../x", "send=1/2"),
+        ("..", "."),
+        ("with space", " lead and trail "),
+        ('quote"d', "it's"),
+        ("üñîçødé-キャンペーン", "送信-🚀"),
+        ("amp&er=sand?#", "percent%2B+plus"),
+        ("back\\slash", "tab\tsep"),
+    ],
+)
+async def test_awkward_ids_round_trip(sim: Simulator, tmp_path: Path, cid: str, sid: str) -> None:
+    summary = await run(sim, [(cid, sid)], tmp_path)
+    assert summary.status == "complete"
+    _check_equal(tmp_path, sim, [(cid, sid)])
+    # Ids never become paths: only the date partitions and our own file names exist.
+    for p in (tmp_path / "send_stats").rglob("*"):
+        assert p.name.startswith(("date=", "part-2026-11-27-"))
+
+
+async def test_duplicates_exported_once(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(30)
+    summary = await run(sim, pairs + pairs[:10] + [pairs[0]], tmp_path)
+    assert (summary.pairs_read, summary.pairs_total, summary.pairs_done) == (41, 30, 30)
+    assert sim.stats.requests == 30
+    _check_equal(tmp_path, sim, pairs)
+
+
+async def test_async_iterable_and_length(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(25)
+
+    async def gen():  # type: ignore[no-untyped-def]
+        for p in pairs:
+            yield {"campaign_id": p[0], "send_id": p[1]}
+
+    await run(sim, gen(), tmp_path, length=3)
+    _check_equal(tmp_path, sim, pairs, length=3)
+    dates = {p.name for p in (tmp_path / "send_stats").iterdir()}
+    assert dates <= {"date=2026-11-25", "date=2026-11-26", "date=2026-11-27"}
+    assert all("length=3&ending_at=2026-11-27T23%3A59%3A59Z" in q for q in sim.stats.last_queries)
+
+
+async def test_rerun_is_a_noop_and_overwrite_redoes(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(40)
+    first = await run(sim, pairs, tmp_path)
+    requests = sim.stats.requests
+    again = await run(sim, pairs, tmp_path)
+    assert again.status == "already_complete"
+    assert sim.stats.requests == requests  # no request spent
+    assert again.files == first.files
+    redo = await run(sim, pairs, tmp_path, overwrite=True)
+    assert redo.status == "complete"
+    assert sim.stats.requests == 2 * requests
+    _check_equal(tmp_path, sim, pairs)  # replaced, not duplicated
+
+
+async def test_later_run_appends_and_latest_query(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(10)
+    await run(sim, pairs, tmp_path, run_id="night-1")
+    await run(sim, pairs, tmp_path, run_id="night-2")
+    stats = bulkexport.read_table(tmp_path, "send_stats")
+    assert set(stats.column("run_id").to_pylist()) == {"night-1", "night-2"}
+    glob = f"{tmp_path}/send_stats/**/*.parquet"
+    latest = (
+        f"SELECT * FROM read_parquet('{glob}', hive_partitioning=true) "
+        "QUALIFY rank() OVER (PARTITION BY campaign_id, send_id, date ORDER BY exported_at DESC) = 1"
+    )
+    rows = duckdb.sql(f"SELECT run_id, count(*) FROM ({latest}) GROUP BY run_id").fetchall()
+    assert rows == [("night-2", stats.num_rows // 2)]
