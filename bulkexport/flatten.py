@@ -54,7 +54,7 @@ _VALID: Final[dict[int, Callable[[object], bool]]] = {
         or (type(v) is int and _I64_MIN <= v <= _I64_MAX)
         or (type(v) is float and v.is_integer() and abs(v) <= 2**53)
     ),
-    _FLOAT: lambda v: v is None or (type(v) in (int, float) and abs(v) <= 2**53),
+    _FLOAT: lambda v: v is None or ((type(v) is int or type(v) is float) and abs(v) <= 2**53),
     _STR: lambda v: v is None or type(v) is str,
 }
 _ARROW_TYPE: Final = {_INT: pa.int64(), _FLOAT: pa.float64(), _STR: pa.string()}

@@ -24,6 +24,7 @@ lower throughput while the pool is large enough.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from aiolimiter import AsyncLimiter
 
 __all__ = ["RateController", "RateStats"]
+
+log = logging.getLogger("bulkexport")
 
 _RAMP_FLOOR = 0.25  # fraction of the pace right after a 429 pause
 _MIN_TIME_LEFT = 0.05  # seconds; avoids dividing by ~0 just before a reset
@@ -90,6 +93,9 @@ class RateController:
         "_reset",
         "_share",
         "_target",
+        "_win_first",
+        "_win_own",
+        "_win_start",
         "_window",
         "stats",
     )
@@ -118,6 +124,9 @@ class RateController:
         self._target = 0.0  # pace allowed by feedback, requests per second
         self._reset: float | None = None  # epoch seconds of the current window's reset
         self._remaining: float | None = None  # lowest remaining seen in the current window
+        self._win_first: float | None = None  # remaining at the first answer of this window
+        self._win_start = 0.0  # epoch seconds of that first answer
+        self._win_own = 0  # our answers seen in this window
         self._in_flight = 0  # requests started and not finished
         self._paused_until = 0.0  # loop time before which nobody starts
         self._ramp_from: float | None = None  # loop time a post-429 ramp started
@@ -192,6 +201,10 @@ class RateController:
         remaining = _number(_header(headers, "X-RateLimit-Remaining"))
         reset = _number(_header(headers, "X-RateLimit-Reset"))
         if limit is not None and limit >= 1 and int(limit) != self._limit:
+            log.info(
+                "Braze reports a limit of %d requests per window (configured %d); pacing to it",
+                int(limit), self._limit,
+            )
             self._limit = int(limit)
             self.stats.limit = self._limit
             self._set_base()
@@ -213,21 +226,49 @@ class RateController:
                     self.stats.window = learnt
             self._reset = reset  # a new window: its budget replaces the old one's
             self._remaining = remaining
+            self._win_first, self._win_start, self._win_own = remaining, time.time(), 1
         elif reset < self._reset - 1e-6:
             return  # a late answer from the previous window
-        elif self._remaining is None or remaining < self._remaining:
-            self._remaining = remaining
+        else:
+            self._win_own += 1
+            if self._remaining is None or remaining < self._remaining:
+                self._remaining = remaining
         self._steer()
+
+    def _others_rate(self, now: float) -> float:
+        """Requests per second that other clients are spending from this window's budget.
+
+        The drop in ``Remaining`` since the window's first answer, minus our own answers in
+        between, is what others spent. Only trusted after a short observation period.
+        """
+        if self._win_first is None or self._remaining is None:
+            return 0.0
+        elapsed = now - self._win_start
+        if elapsed < min(1.0, 0.05 * self._window):
+            return 0.0
+        others = (self._win_first - self._remaining) - (self._win_own - 1)
+        return max(others, 0.0) / elapsed
 
     def _steer(self) -> None:
         assert self._reset is not None and self._remaining is not None
-        usable = self._remaining - self._in_flight - self._reserve * self._limit
-        time_left = self._reset - time.time()
+        now = time.time()
+        time_left = self._reset - now
         loop = asyncio.get_running_loop()
         if time_left <= 0:
             self._target = self._configured_rate
             return
+        # What we may still spend before the reset: what is left, minus our requests not yet
+        # counted in it, minus the reserve, minus what others will spend meanwhile at their
+        # current pace.
+        usable = (
+            self._remaining
+            - self._in_flight
+            - self._reserve * self._limit
+            - self._others_rate(now) * time_left
+        )
         if usable <= 0:
+            if not self.paused:
+                log.info("rate budget for this window used up (reserve kept); waiting %.1fs for the reset", time_left)
             self._pause(time_left, loop)
             return
         allowed = usable / max(time_left, _MIN_TIME_LEFT)
@@ -247,6 +288,11 @@ class RateController:
             wait = self._reset - time.time()
         if wait is None or wait <= 0:
             wait = min(1.0, self._window / 10)
+        if not self.paused:
+            log.warning(
+                "HTTP 429: pausing all requests for %.1fs%s", min(wait, self._max_pause),
+                " (Retry-After capped)" if wait > self._max_pause else "",
+            )
         self._pause(wait, loop)
         self._ramp_from = self._paused_until
         self._ramp_seconds = min(10.0, self._window / 10)
@@ -265,6 +311,7 @@ class RateController:
         self._target = self._configured_rate
         self._remaining = None
         self._reset = None
+        self._win_first = None
 
     @property
     def paused(self) -> bool:

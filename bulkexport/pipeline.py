@@ -157,7 +157,7 @@ class Exporter:
             n = state.reset_failed()
             log.info("retrying %d pair(s) that failed before", n)
             if n:
-                state.set("phase", "fetching")
+                state.put("phase", "fetching")
         pending = state.count(PENDING)
         s.pairs_resumed = state.count(DONE)
         if state.get("phase") == "published" and pending == 0:
@@ -180,7 +180,7 @@ class Exporter:
                 format_ending_at(cfg.ending_at),
                 cfg.rate,
             )
-            state.set("phase", "fetching")
+            state.put("phase", "fetching")
             await self._fetch(state)
             left = state.count(PENDING)
             if left:  # every worker ended and nothing failed: this would be a bug of ours
@@ -218,7 +218,7 @@ class Exporter:
         }
         known = state.get("params")
         if known is None:
-            state.set("params", params)
+            state.put("params", params)
         elif known != params:
             diff = ", ".join(
                 f"{k}: {known.get(k)!r} then, {v!r} now" for k, v in params.items() if known.get(k) != v
@@ -248,8 +248,8 @@ class Exporter:
             )
         if unique == 0:
             log.warning("the pairs input holds no pairs")
-        state.set("pairs_read", read)
-        state.set("ingested", True)
+        state.put("pairs_read", read)
+        state.put("ingested", True)
         if read != unique:
             log.info("read %d pairs, %d duplicates ignored", read, read - unique)
 
@@ -506,7 +506,7 @@ class Exporter:
     async def _publish(self, state: RunState) -> None:
         parts = state.unpublished_parts()
         gen = int(state.get("published_gen") if state.get("published_gen") is not None else -1) + 1
-        state.set("phase", "publishing")
+        state.put("phase", "publishing")
         files: list[tuple[str, str, str, int, int]] = []
         if parts:
             await asyncio.to_thread(self._sink.publish, parts, gen, lambda *f: files.append(f))
@@ -514,7 +514,7 @@ class Exporter:
             state.record_published(*f)
         staged = {p.file for p in parts}
         state.mark_published(gen)
-        state.set("phase", "published")
+        state.put("phase", "published")
         self._sink.remove_staged(staged)
         if files:
             log.info("published %d file(s) for run %s", len(files), self.cfg.run_id)

@@ -106,7 +106,7 @@ class RunState:
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open run state {path}: {exc}") from exc
         if self.get("schema_version") is None:
-            self.set("schema_version", _SCHEMA_VERSION)
+            self.put("schema_version", _SCHEMA_VERSION)
 
     def close(self) -> None:
         self._db.close()
@@ -116,7 +116,7 @@ class RunState:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else orjson.loads(row[0])
 
-    def set(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: Any) -> None:
         self._write(
             "INSERT INTO meta(key, value) VALUES (?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",

@@ -1,0 +1,424 @@
+"""Crash safety of the real command: kill -9 at random moments, SIGTERM, re-runs, storage
+errors and the failures file, each checked against the simulator's ground truth.
+
+The CLI runs as a subprocess (``python -m bulkexport.cli``) driven with
+``asyncio.create_subprocess_exec``, so the test's event loop keeps serving the in-process
+simulator while the exporter runs and is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bulkexport.simulator import FaultRule, Simulator
+
+from .conftest import API_KEY, pairs_for
+from .test_export import _check_equal
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_ID = "2026-11-27"  # the default run id: the date of --ending-at
+INTERVAL = 0.2  # --checkpoint-interval
+CONCURRENCY = 8
+TABLES = ("send_stats", "send_totals")
+EXIT_OK, EXIT_PARTIAL, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_STORAGE = 0, 3, 2, 5, 6
+
+
+# -- driving the CLI -------------------------------------------------------------------------
+def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["campaign_id", "send_id"])
+        w.writerows(pairs)
+    return path
+
+
+@dataclass
+class Attempt:
+    rc: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    killed_at: float | None = None  # time.time() of the signal, when one was sent
+    requests: int = 0  # simulator requests seen during this attempt
+    elapsed: float = 0.0
+
+
+@dataclass
+class Cli:
+    """Runs ``bulkexport export`` against ``sim`` with fixed arguments; one log per attempt."""
+
+    sim: Simulator
+    pairs: Path
+    out: Path
+    logs: Path
+    extra: tuple[str, ...] = ()
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def argv(self, *more: str) -> list[str]:
+        return [
+            sys.executable, "-m", "bulkexport.cli", "export",
+            "--pairs", str(self.pairs),
+            "--out", str(self.out),
+            "--endpoint", self.sim.url,
+            "--ending-at", "2026-11-27T23:59:59Z",
+            "--checkpoint-interval", str(INTERVAL),
+            "--concurrency", str(CONCURRENCY),
+            *self.extra,
+            *more,
+        ]  # fmt: skip
+
+    async def start(self, *more: str) -> tuple[asyncio.subprocess.Process, Attempt, Path, Path]:
+        n = len(self.attempts)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        out_log, err_log = self.logs / f"{n}.out", self.logs / f"{n}.err"
+        env = {**os.environ, "BRAZE_API_KEY": API_KEY}
+        env.pop("BRAZE_REST_ENDPOINT", None)
+        with out_log.open("wb") as o, err_log.open("wb") as e:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv(*more), stdout=o, stderr=e, stdin=asyncio.subprocess.DEVNULL, env=env, cwd=ROOT
+            )
+        att = Attempt()
+        self.attempts.append(att)
+        return proc, att, out_log, err_log
+
+    async def run(self, *more: str, timeout: float = 30.0) -> Attempt:
+        """Run to its end (no signal)."""
+        return await self.run_until(None, *more, timeout=timeout)
+
+    async def run_until(self, trigger, *more: str, sig: int = signal.SIGKILL, timeout: float = 30.0) -> Attempt:  # type: ignore[no-untyped-def]
+        """Run; when ``trigger()`` (polled every ms) turns true, send ``sig``; wait for the end."""
+        base = self.sim.stats.requests
+        started = time.monotonic()
+        proc, att, out_log, err_log = await self.start(*more)
+        deadline = started + timeout
+        try:
+            while proc.returncode is None:
+                if trigger is not None and att.killed_at is None and await trigger():
+                    att.killed_at = time.time()
+                    proc.send_signal(sig)
+                if time.monotonic() > deadline:
+                    pytest.fail(f"bulkexport did not finish within {timeout}s (hang?); args {more}")
+                try:
+                    await asyncio.wait_for(proc.wait(), 0.001)
+                except TimeoutError:
+                    pass
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        att.rc = proc.returncode
+        att.elapsed = time.monotonic() - started
+        att.requests = self.sim.stats.requests - base
+        att.stdout = out_log.read_text()
+        att.stderr = err_log.read_text()
+        return att
+
+
+def run_dir(out: Path) -> Path:
+    return out / "_bulkexport" / "runs" / RUN_ID
+
+
+def dataset_files(out: Path) -> dict[str, bytes]:
+    """Every file under the two table folders (hidden ones included), by relative path."""
+    files: dict[str, bytes] = {}
+    for table in TABLES:
+        for p in sorted((out / table).rglob("*")):
+            if p.is_file():
+                files[p.relative_to(out).as_posix()] = p.read_bytes()
+    return files
+
+
+def assert_clean_dataset(out: Path) -> None:
+    """No temporary or hidden entry is visible in the dataset folders, and the manifest
+    lists exactly the Parquet files that are there."""
+    visible = []
+    for table in TABLES:
+        for p in (out / table).rglob("*"):
+            assert not p.name.startswith("."), f"hidden file in the dataset: {p}"
+            assert not p.name.endswith(".tmp"), f"temporary file in the dataset: {p}"
+            if p.is_file():
+                assert p.suffix == ".parquet", p
+                visible.append(p.relative_to(out).as_posix())
+    manifest = orjson.loads((run_dir(out) / "manifest.json").read_bytes())
+    assert manifest["status"] == "complete"
+    assert sorted(f["path"] for f in manifest["files"]) == sorted(visible)
+
+
+def assert_no_traceback(att: Attempt) -> None:
+    assert "Traceback" not in att.stderr, att.stderr
+    assert "internal error" not in att.stderr, att.stderr
+
+
+# -- 1. kill -9 at random moments, then resume ----------------------------------------------
+PAIRS = 300
+#: Kill plans, one per case: each entry is one SIGKILL'd attempt before the final run.
+#: "early": a random moment in the first 0.45 s (start-up, ingest, first requests);
+#: "fetch": after a random number of requests of that attempt;
+#: "publish": a random moment after the first Parquet folder appears (compaction phase).
+PLANS = [
+    ("early",),
+    ("fetch",),
+    ("fetch", "fetch"),
+    ("publish",),
+    ("early", "fetch"),
+    ("fetch", "publish"),
+    ("publish", "publish"),
+    ("early", "publish"),
+]
+#: A request is lost to a kill only if its pair was not in a committed checkpoint yet: it
+#: was made in the last checkpoint period (INTERVAL, plus the time to write and fsync the
+#: checkpoint and the simulator latency), or it was in flight. MARGIN bounds those extras.
+MARGIN = 0.3
+
+
+@pytest.mark.parametrize("seed", range(len(PLANS)))
+async def test_kill9_then_resume_equals_uninterrupted(sim: Simulator, tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    plan = PLANS[seed]
+    sim.latency = 0.02
+    sim.extras = True
+    pairs = pairs_for(PAIRS, prefix=f"k{seed}-")
+    src = write_pairs(tmp_path / "pairs.csv", pairs + pairs[:3])  # duplicates too
+    out = tmp_path / "out"
+    cli = Cli(sim, src, out, tmp_path / "logs")
+
+    landed: list[str] = []
+    for kind in plan:
+        if kind == "early":
+            t0, delay = time.monotonic(), rng.uniform(0.0, 0.45)
+
+            async def trigger() -> bool:
+                return time.monotonic() - t0 >= delay
+        elif kind == "fetch":
+            base = sim.stats.requests
+            left = PAIRS - len(sim.stats.per_pair)  # lower bound of the pending pairs
+            k = rng.randint(1, max(1, left - 10))
+
+            async def trigger() -> bool:
+                return sim.stats.requests - base >= k
+        else:
+            seen: list[float] = []
+            delay = rng.uniform(0.0, 0.12)
+
+            async def trigger() -> bool:
+                if not seen and (out / "send_stats").exists():
+                    seen.append(time.monotonic())
+                return bool(seen) and time.monotonic() - seen[0] >= delay
+
+        att = await cli.run_until(trigger)
+        assert att.rc in (-signal.SIGKILL, EXIT_OK), (att.rc, att.stderr)
+        if att.rc == -signal.SIGKILL:
+            landed.append(kind)
+        else:
+            assert_no_traceback(att)
+
+    final = await cli.run()
+    assert final.rc == EXIT_OK, final.stderr
+    assert_no_traceback(final)
+    assert "complete" in final.stdout
+
+    # The dataset equals an uninterrupted run, row by row: nothing missing, nothing twice.
+    _check_equal(out, sim, pairs)
+    assert_clean_dataset(out)
+
+    # Every pair was asked for, and a kill cost only what was not committed yet.
+    assert set(sim.stats.per_pair) == set(pairs)
+    total = sim.stats.requests
+    lost = total - PAIRS
+    assert lost >= 0
+    recent = 0
+    for att in cli.attempts:
+        if att.killed_at is not None and att.rc == -signal.SIGKILL:
+            recent += sum(1 for t in sim.stats.timestamps if att.killed_at - INTERVAL - MARGIN <= t <= att.killed_at)
+    assert lost <= recent, (
+        f"{lost} requests were lost to {len(landed)} kill(s) {landed}, but only {recent} were made "
+        f"within {INTERVAL + MARGIN:.1f}s before a kill: committed work was fetched again"
+    )
+    assert total <= PAIRS * 1.5, f"{total} requests for {PAIRS} pairs after kills {landed}"
+    # A rerun of the finished run spends nothing.
+    again = await cli.run()
+    assert again.rc == EXIT_OK and again.requests == 0, again.stderr
+
+
+async def test_kill9_plans_really_land(sim: Simulator, tmp_path: Path) -> None:
+    """Guard for the test above: a kill during the fetch and one during the publish do
+    land (the process dies by SIGKILL, with the dataset half published), so the random
+    cases are not all no-ops."""
+    sim.latency = 0.02
+    pairs = pairs_for(PAIRS, prefix="g-")
+    src = write_pairs(tmp_path / "pairs.csv", pairs)
+    out = tmp_path / "out"
+    cli = Cli(sim, src, out, tmp_path / "logs")
+
+    async def mid_fetch() -> bool:
+        return sim.stats.requests >= PAIRS // 2
+
+    att = await cli.run_until(mid_fetch)
+    assert att.rc == -signal.SIGKILL
+    assert not (out / "send_stats").exists()  # nothing published before the fetch ends
+
+    async def publishing() -> bool:
+        return (out / "send_stats").exists()
+
+    att = await cli.run_until(publishing)
+    assert att.rc == -signal.SIGKILL, "the publish phase was over before it could be killed"
+    final = await cli.run()
+    assert final.rc == EXIT_OK, final.stderr
+    _check_equal(out, sim, pairs)
+    assert_clean_dataset(out)
+
+
+# -- 2. SIGTERM: a clean, resumable stop --------------------------------------------------------
+async def test_sigterm_stops_with_exit_5_and_resumes(sim: Simulator, tmp_path: Path) -> None:
+    sim.latency = 0.02
+    pairs = pairs_for(PAIRS, prefix="t-")
+    src = write_pairs(tmp_path / "pairs.csv", pairs)
+    out = tmp_path / "out"
+    cli = Cli(sim, src, out, tmp_path / "logs")
+
+    async def a_third_fetched() -> bool:
+        return sim.stats.requests >= PAIRS // 3
+
+    first = await cli.run_until(a_third_fetched, sig=signal.SIGTERM, timeout=20)
+    assert first.killed_at is not None
+    stopped_in = time.time() - first.killed_at
+    assert first.rc == EXIT_INTERRUPTED, (first.rc, first.stderr)
+    assert stopped_in < 3.0, f"took {stopped_in:.1f}s to stop after SIGTERM"
+    assert_no_traceback(first)
+    assert "run the same command again to resume" in first.stderr
+    assert 0 < first.requests < PAIRS
+    assert not (out / "send_stats").exists()  # an interrupted run publishes nothing
+
+    # In-flight requests were allowed to finish and were committed: a SIGTERM wastes none,
+    # so the resume asks exactly for the pairs never requested.
+    asked_first = set(sim.stats.per_pair)
+    second = await cli.run()
+    assert second.rc == EXIT_OK, second.stderr
+    assert_no_traceback(second)
+    assert second.requests < PAIRS
+    assert second.requests == PAIRS - len(asked_first), (second.requests, len(asked_first))
+    assert sim.stats.requests == PAIRS  # each pair exactly once over both runs
+    assert max(sim.stats.per_pair.values()) == 1
+    assert f"{len(asked_first):,} done before this session" in second.stdout
+    _check_equal(out, sim, pairs)
+    assert_clean_dataset(out)
+
+
+# -- 3. a finished run is a no-op -----------------------------------------------------------------
+async def test_completed_run_rerun_twice_changes_nothing(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(120, prefix="r-")
+    src = write_pairs(tmp_path / "pairs.csv", pairs)
+    out = tmp_path / "out"
+    cli = Cli(sim, src, out, tmp_path / "logs")
+    first = await cli.run()
+    assert first.rc == EXIT_OK, first.stderr
+    assert first.requests == 120
+    before = dataset_files(out)
+    stamps = {p: (out / p).stat().st_mtime_ns for p in before}
+    manifest = (run_dir(out) / "manifest.json").read_bytes()
+    assert before and all(p.endswith(".parquet") for p in before)
+    for _ in range(2):
+        again = await cli.run()
+        assert again.rc == EXIT_OK, again.stderr
+        assert_no_traceback(again)
+        assert again.requests == 0
+        assert "already_complete" in again.stdout or "already complete" in again.stderr
+        assert dataset_files(out) == before  # same files, same bytes
+        assert {p: (out / p).stat().st_mtime_ns for p in before} == stamps  # not even rewritten
+    assert (run_dir(out) / "manifest.json").read_bytes() == manifest
+    assert sim.stats.requests == 120
+    _check_equal(out, sim, pairs)
+
+
+# -- 4. an output that cannot be written ----------------------------------------------------------
+@pytest.mark.parametrize("where", ["parent_is_file", "out_is_file"])
+async def test_unwritable_output_is_a_storage_error(sim: Simulator, tmp_path: Path, where: str) -> None:
+    # Root ignores permission bits, so make the path impossible instead: a regular file
+    # stands where a folder must be.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    out = blocker / "out" if where == "parent_is_file" else blocker
+    src = write_pairs(tmp_path / "pairs.csv", pairs_for(10))
+    cli = Cli(sim, src, out, tmp_path / "logs")
+    att = await cli.run(timeout=20)
+    assert att.rc == EXIT_STORAGE, (att.rc, att.stderr)
+    assert_no_traceback(att)
+    lines = [line for line in att.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, att.stderr  # one clear line, nothing else
+    assert "ERROR" in lines[0] and str(blocker) in lines[0] and "Not a directory" in lines[0], lines[0]
+    assert att.stdout == ""
+    assert sim.stats.requests == 0  # failed before spending any request
+    assert blocker.read_text() == "not a folder"
+
+
+async def test_unwritable_dataset_folder_at_publish_is_a_storage_error(sim: Simulator, tmp_path: Path) -> None:
+    """The state folder is fine but a table folder cannot be created: the failure comes
+    only at publish, after every request; exit 6, and the run resumes once it is fixed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "send_stats").write_text("in the way")
+    pairs = pairs_for(30, prefix="p-")
+    src = write_pairs(tmp_path / "pairs.csv", pairs)
+    cli = Cli(sim, src, out, tmp_path / "logs")
+    att = await cli.run(timeout=20)
+    assert att.rc == EXIT_STORAGE, (att.rc, att.stderr)
+    assert_no_traceback(att)
+    errors = [line for line in att.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "send_stats" in errors[0], att.stderr
+    assert att.requests == 30
+    (out / "send_stats").unlink()
+    fixed = await cli.run()
+    assert fixed.rc == EXIT_OK, fixed.stderr
+    assert fixed.requests == 0  # committed pairs are not fetched again
+    _check_equal(out, sim, pairs)
+    assert_clean_dataset(out)
+
+
+# -- 5. the failures file, and --retry-failed -------------------------------------------------------
+async def test_failures_file_and_retry_failed(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(40, prefix="f-")
+    bad = pairs[17]
+    rule = FaultRule(
+        kind="status", status=404, times=None, message="send not found", match=lambda c, s: (c, s) == bad
+    )
+    sim.faults.append(rule)
+    src = write_pairs(tmp_path / "pairs.csv", pairs)
+    out = tmp_path / "out"
+    cli = Cli(sim, src, out, tmp_path / "logs")
+
+    first = await cli.run()
+    assert first.rc == EXIT_PARTIAL, (first.rc, first.stderr)
+    assert_no_traceback(first)
+    assert sim.stats.per_pair[bad] == 1  # a 404 is not retried
+    failures_path = run_dir(out) / "failures.jsonl"
+    assert f"failures   {failures_path}" in first.stdout
+    lines = failures_path.read_bytes().splitlines()
+    assert len(lines) == 1, lines
+    rec = orjson.loads(lines[0])
+    failed_at = rec.pop("failed_at")
+    assert rec == {"campaign_id": bad[0], "send_id": bad[1], "status": 404, "message": "send not found", "attempts": 1}
+    assert failed_at.startswith("20")  # an ISO timestamp
+    manifest = orjson.loads((run_dir(out) / "manifest.json").read_bytes())
+    assert manifest["status"] == "partial" and manifest["failures_total"] == 1
+    good = [p for p in pairs if p != bad]
+    _check_equal(out, sim, good)  # the rest is published and exact
+
+    sim.faults.clear()
+    retried = await cli.run("--retry-failed")
+    assert retried.rc == EXIT_OK, retried.stderr
+    assert_no_traceback(retried)
+    assert retried.requests == 1  # only the failed pair
+    assert sim.stats.per_pair[bad] == 2
+    assert failures_path.read_bytes() == b""
+    _check_equal(out, sim, pairs)
+    assert_clean_dataset(out)
