@@ -293,13 +293,15 @@ class RateController:
                 "HTTP 429: pausing all requests for %.1fs%s", min(wait, self._max_pause),
                 " (Retry-After capped)" if wait > self._max_pause else "",
             )
-        self._pause(wait, loop)
+        self._pause(wait, loop, jitter_share=0.02)
         self._ramp_from = self._paused_until
         self._ramp_seconds = min(10.0, self._window / 10)
 
-    def _pause(self, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
+    def _pause(self, seconds: float, loop: asyncio.AbstractEventLoop, jitter_share: float = 0.005) -> None:
+        """Nobody starts a request for ``seconds`` (capped) plus a little jitter, which keeps
+        several exporters of one workspace from waking at the same instant."""
         seconds = min(seconds, self._max_pause)
-        jitter = random.uniform(0, min(1.0, self._window * 0.02))
+        jitter = random.uniform(0, min(1.0, self._window * jitter_share))
         until = loop.time() + seconds + jitter
         if until > self._paused_until:
             start = max(loop.time(), self._paused_until)

@@ -1,0 +1,305 @@
+"""The real ``bulkexport`` console script, run as a subprocess against the in-process simulator
+(``asyncio.create_subprocess_exec`` keeps the event loop, and so the simulator, serving), and
+the secrecy of the API key everywhere it could leak."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import sys
+import traceback
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+import bulkexport
+from bulkexport.cli import EXIT_CODES
+from bulkexport.simulator import FaultRule, Simulator
+
+from .conftest import API_KEY, pairs_for, run
+from .test_export import STATS_KNOWN, TOTALS_KNOWN, _check_equal
+from .truth import STATS_KEYS, TOTALS_KEYS, expected, normalise
+
+CLI = (sys.executable, "-m", "bulkexport.cli")
+WRONG_KEY = "sk-wrong-fedcba9876543210-ALSO-SECRET"
+RUN_ID = "2026-11-27"
+
+
+async def _cli(*args: str | Path, key: str | None = API_KEY, timeout: float = 60.0) -> tuple[int, str, str]:
+    """Run the console script; return exit code, stdout and stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRAZE_")}
+    if key is not None:
+        env["BRAZE_API_KEY"] = key
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *map(str, args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _pairs_csv(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    path.write_text("campaign_id,send_id\n" + "".join(f"{c},{s}\n" for c, s in pairs))
+    return path
+
+
+def _export_args(sim: Simulator, pairs: Path, out: Path, *extra: str) -> list[str | Path]:
+    return [
+        "export", "--pairs", pairs, "--out", out, "--endpoint", sim.url,
+        "--ending-at", "2026-11-27",  # a bare date: 23:59:59Z, conftest's ENDING_AT
+        "--rate-limit", "3600000", "--reserve", "0", "--timeout", "5",
+        "--checkpoint-interval", "0.2", "--concurrency", "8", *extra,
+    ]  # fmt: skip
+
+
+def _no_traceback(stderr: str) -> None:
+    assert "Traceback" not in stderr
+    assert "internal error" not in stderr
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _mentions_exit_codes(text: str) -> None:
+    flat = _flat(text)
+    for code, meaning in EXIT_CODES.items():
+        assert re.search(rf"\b{code}\b\W{{0,5}}{re.escape(meaning)}", flat), f"exit code {code} not explained"
+
+
+def _files_without_key(root: Path, *secrets: str) -> int:
+    files = [p for p in root.rglob("*") if p.is_file()]
+    for p in files:
+        data = p.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in data, f"API key found in {p}"
+    return len(files)
+
+
+# -- export ------------------------------------------------------------------------------
+
+
+async def test_export_writes_data_and_prints_summary(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(20)
+    out = tmp_path / "out"
+    code, stdout, stderr = await _cli(*_export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs), out))
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    assert lines[0] == f"run {RUN_ID}: complete"
+    assert _flat(lines[1]) == "pairs 20 exported, 0 failed of 20 (20 read, 0 duplicates)"
+    assert _flat(lines[2]) == "requests 20 (0 retries, 0 x 429)"
+    manifest = out / "_bulkexport" / "runs" / RUN_ID / "manifest.json"
+    assert f"manifest   {manifest}" in lines
+    assert sim.stats.per_pair == dict.fromkeys(pairs, 1)
+    _check_equal(out, sim, pairs)
+    assert orjson.loads(manifest.read_bytes())["summary"]["pairs_done"] == 20
+    # The same command again is a no-op that still exits 0.
+    code, stdout, _ = await _cli(*_export_args(sim, tmp_path / "p.csv", out))
+    assert code == 0
+    assert stdout.splitlines()[0] == f"run {RUN_ID}: already_complete"
+    assert sim.stats.requests == 20
+
+
+async def test_exit_3_when_some_pairs_fail_for_good(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(10)
+    bad = pairs[6]
+    sim.faults.append(
+        FaultRule(kind="status", status=404, message="Not found", times=None, match=lambda c, s: (c, s) == bad)
+    )
+    out = tmp_path / "out"
+    code, stdout, stderr = await _cli(*_export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs), out))
+    assert code == 3, stderr
+    assert stdout.splitlines()[0] == f"run {RUN_ID}: partial"
+    failures_file = out / "_bulkexport" / "runs" / RUN_ID / "failures.jsonl"
+    assert f"failures   {failures_file}" in stdout.splitlines()
+    failures = [orjson.loads(line) for line in failures_file.read_bytes().splitlines()]
+    assert [(f["campaign_id"], f["send_id"], f["status"], f["message"], f["attempts"]) for f in failures] == [
+        (bad[0], bad[1], 404, "Not found", 1)
+    ]
+    assert sim.stats.per_pair[bad] == 1
+    _no_traceback(stderr)
+    _check_equal(out, sim, [p for p in pairs if p != bad])
+
+
+async def test_exit_4_for_a_wrong_key(sim: Simulator, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = _export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs_for(30)), out)
+    code, stdout, stderr = await _cli(*args, key=WRONG_KEY)
+    assert code == 4
+    assert "HTTP 401: Invalid API key" in stderr
+    assert "BRAZE_API_KEY" in stderr
+    _no_traceback(stderr)
+    assert 1 <= sim.stats.requests <= 8  # at most the pool, then the run stopped
+    assert dict(sim.stats.by_status) == {401: sim.stats.requests}
+    for text in (stdout, stderr):
+        assert WRONG_KEY not in text
+    _files_without_key(out, WRONG_KEY)
+
+
+async def test_exit_4_for_a_forbidden_key(sim: Simulator, tmp_path: Path) -> None:
+    sim.forbidden = True
+    out = tmp_path / "out"
+    code, _, stderr = await _cli(*_export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs_for(30)), out))
+    assert code == 4
+    assert "HTTP 403" in stderr and "sends.data_series" in stderr
+    _no_traceback(stderr)
+    assert 1 <= sim.stats.requests <= 8
+
+
+async def test_exit_2_for_a_bad_pairs_line(sim: Simulator, tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("campaign_id,send_id\nc1,s1\nc2,s2\nc3,s3,extra\nc4,s4\n")
+    code, stdout, stderr = await _cli(*_export_args(sim, path, tmp_path / "out"))
+    assert code == 2
+    assert f"{path}:4: expected 2 fields, got 3" in stderr
+    _no_traceback(stderr)
+    assert stdout == ""
+    assert sim.stats.requests == 0
+
+
+async def test_exit_2_without_api_key(sim: Simulator, tmp_path: Path) -> None:
+    code, _, stderr = await _cli(*_export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs_for(3)), tmp_path / "o"),
+                                 key=None)  # fmt: skip
+    assert code == 2
+    assert "BRAZE_API_KEY" in stderr
+    _no_traceback(stderr)
+    assert sim.stats.requests == 0
+
+
+@pytest.mark.parametrize(
+    "endpoint, says",
+    [
+        ("http://rest.iad-01.braze.com", "https"),  # plain http off loopback
+        ("http://192.0.2.10:8080", "https"),
+        ("https://braze.example.com", "--allow-custom-endpoint"),  # not a Braze host
+        ("https://rest.iad-01.braze.com.evil.example", "--allow-custom-endpoint"),
+    ],
+)
+async def test_exit_2_for_an_unsafe_endpoint(tmp_path: Path, endpoint: str, says: str) -> None:
+    pairs = _pairs_csv(tmp_path / "p.csv", pairs_for(3))
+    code, stdout, stderr = await _cli("export", "--pairs", pairs, "--out", tmp_path / "o", "--endpoint", endpoint)
+    assert code == 2
+    assert says in stderr
+    _no_traceback(stderr)
+    assert stdout == ""
+    assert API_KEY not in stderr
+
+
+# -- help, version, demo -----------------------------------------------------------------
+
+
+async def test_help_explains_key_and_exit_codes() -> None:
+    (c0, top, _), (c1, export, _), (c2, demo, _) = await asyncio.gather(
+        _cli("--help"), _cli("export", "--help"), _cli("demo", "--help")
+    )
+    assert (c0, c1, c2) == (0, 0, 0)
+    _mentions_exit_codes(top)
+    assert "BRAZE_API_KEY" in export
+    _mentions_exit_codes(export)
+    _mentions_exit_codes(demo)
+
+
+async def test_version() -> None:
+    code, stdout, _ = await _cli("--version")
+    assert code == 0
+    assert stdout.strip() == f"bulkexport {bulkexport.__version__}"
+
+
+async def test_no_command_is_a_usage_error() -> None:
+    code, stdout, _ = await _cli()
+    assert code == 2
+    assert "usage: bulkexport" in stdout
+
+
+async def test_demo_writes_readable_data(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    code, stdout, stderr = await _cli("demo", "--pairs", "200", "--out", out, key=None)
+    assert code == 0, stderr
+    assert stdout.splitlines()[1] == "run demo: complete"
+    assert "200 exported, 0 failed of 200" in _flat(stdout)
+    totals = bulkexport.read_table(out, "send_totals")
+    pairs = sorted(set(zip(totals.column("campaign_id").to_pylist(), totals.column("send_id").to_pylist(),
+                           strict=True)))  # fmt: skip
+    assert len(pairs) == 200  # every generated pair has data in the 15-day window
+    # The data equals what the demo's simulator (seed 7, extras, today) serves.
+    today = date.today()
+    truth_sim = Simulator(seed=7, anchor_date=today, extras=True)
+    ending = datetime(today.year, today.month, today.day, 23, 59, 59, tzinfo=UTC)
+    want_stats, want_totals = expected(truth_sim, pairs, 15, ending, STATS_KNOWN, TOTALS_KNOWN)
+    got_stats = bulkexport.read_table(out, "send_stats").to_pylist()
+    assert normalise(got_stats, STATS_KEYS) == normalise(want_stats, STATS_KEYS)
+    assert normalise(totals.to_pylist(), TOTALS_KEYS) == normalise(want_totals, TOTALS_KEYS)
+
+
+# -- the key never leaks -----------------------------------------------------------------
+
+
+async def test_key_never_in_output_files_or_streams(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(24)
+    sim.faults += [
+        FaultRule(kind="status", status=503, times=1, match=lambda c, s: s.endswith(("1", "5"))),
+        FaultRule(kind="status", status=404, times=None, match=lambda c, s: (c, s) == pairs[3]),
+        FaultRule(kind="html", status=502, times=None, match=lambda c, s: (c, s) == pairs[4]),
+        FaultRule(kind="not_success", times=None, match=lambda c, s: (c, s) == pairs[7]),
+        FaultRule(kind="rate_limit", retry_after="0", times=1, match=lambda c, s: (c, s) == pairs[9]),
+    ]
+    out = tmp_path / "out"
+    args = _export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs), out, "--max-attempts", "2")
+    results = [
+        await _cli(*args, "--log-level", "debug"),
+        await _cli(*args, "--log-level", "debug", "--log-format", "json", "--retry-failed"),
+        await _cli(*args, "--log-level", "debug", "--run-id", "wrong-key", key=WRONG_KEY),
+    ]
+    assert [code for code, _, _ in results] == [3, 3, 4]
+    for _, stdout, stderr in results:
+        for secret in (API_KEY, WRONG_KEY):
+            assert secret not in stdout
+            assert secret not in stderr
+    assert (out / "_bulkexport" / "runs" / RUN_ID / "state.sqlite").is_file()
+    n = _files_without_key(out, API_KEY, WRONG_KEY)
+    assert n >= 6  # state, manifest, failures and Parquet files were all scanned
+
+
+async def test_key_never_in_repr_str_or_logs(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, aiohttp's included
+    key = bulkexport.ApiKey(API_KEY)
+    cfg = bulkexport.ExportConfig.build(endpoint=sim.url, api_key=API_KEY)
+    texts = [repr(key), str(key), repr(cfg), str(cfg), str(cfg.describe()), f"{cfg}"]
+
+    pairs = pairs_for(12)
+    sim.faults += [
+        FaultRule(kind="status", status=500, times=1),
+        FaultRule(kind="status", status=400, times=None, message="bad send", match=lambda c, s: (c, s) == pairs[2]),
+        FaultRule(kind="reset", times=2, match=lambda c, s: (c, s) == pairs[5]),
+        FaultRule(kind="malformed", times=None, match=lambda c, s: (c, s) == pairs[8]),
+    ]
+    summary = await run(sim, pairs, tmp_path / "a", max_attempts=3)
+    assert (summary.status, summary.pairs_done, summary.pairs_failed) == ("partial", 10, 2)
+    texts += [repr(summary), str(summary), str(summary.to_dict()), "\n".join(summary.lines())]
+
+    with pytest.raises(bulkexport.AuthError) as info:
+        await run(sim, pairs, tmp_path / "b", api_key=WRONG_KEY)
+    err = info.value
+    texts += [repr(err), str(err), err.message, "".join(traceback.format_exception(err))]
+    err2 = bulkexport.AuthError(401, "Invalid API key")
+    texts += [repr(err2), str(err2)]
+
+    texts.append(caplog.text)
+    for record in caplog.records:
+        texts += [record.getMessage(), repr(record.args), repr(record.__dict__)]
+    assert caplog.records  # the run logged its retries and failures
+    for text in texts:
+        assert API_KEY not in text
+        assert WRONG_KEY not in text
+    _files_without_key(tmp_path, API_KEY, WRONG_KEY)
