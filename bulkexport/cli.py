@@ -21,10 +21,8 @@ import asyncio
 import logging
 import os
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -142,11 +140,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="fetch again only the pairs this run recorded as failed")
     g = e.add_argument_group("rate (see README: 'Sharing the rate limit')")
     g.add_argument("--rate-limit", type=int, default=DEFAULT_RATE_LIMIT, metavar="N",
-                   help=f"workspace limit per hour until Braze's headers say otherwise (default {DEFAULT_RATE_LIMIT:,})")
+                   help="workspace limit per hour, until Braze's headers say otherwise "
+                   f"(default {DEFAULT_RATE_LIMIT:,})")
     g.add_argument("--share", type=float, default=1.0, metavar="F",
                    help="fraction of the limit to pace at (default 1.0)")
     g.add_argument("--reserve", type=float, default=DEFAULT_RESERVE, metavar="F",
-                   help=f"fraction of each hour's budget never touched, for production traffic (default {DEFAULT_RESERVE})")
+                   help="fraction of each hour's budget never touched, left to production traffic "
+                   f"(default {DEFAULT_RESERVE})")
     g.add_argument("--max-rate", type=float, metavar="R", help="hard cap in requests per second")
     g.add_argument("--burst", type=int, default=DEFAULT_BURST, metavar="N",
                    help=f"requests allowed at once above the pace (default {DEFAULT_BURST})")
@@ -198,7 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     exporters: list[Exporter] = []
     try:
         if args.command == "demo":
-            return asyncio.run(_demo(args, exporters))
+            code = _finish(asyncio.run(_demo(args, exporters)))
+            _print_demo_hints(args.out)
+            return code
         return _finish(asyncio.run(_export(args, exporters)))
     except ConfigError as exc:
         log.error("%s", exc)
@@ -270,7 +272,7 @@ def _demo_pairs(n: int) -> Iterator[tuple[str, str]]:
         yield "campaign-00000", "send-000000"
 
 
-async def _demo(args: argparse.Namespace, exporters: list[Exporter]) -> int:
+async def _demo(args: argparse.Namespace, exporters: list[Exporter]) -> ExportSummary:
     from .simulator import FaultRule, Simulator
 
     anchor = date.today()
@@ -280,8 +282,7 @@ async def _demo(args: argparse.Namespace, exporters: list[Exporter]) -> int:
         # A little trouble, so the summary shows retries: 2% of pairs see one 503 first.
         sim.faults.append(FaultRule(kind="status", status=503, times=1, probability=0.02))
         print(f"simulator  {sim.url} (Braze stand-in on loopback, {args.limit} requests per 2 s)")
-        started = time.monotonic()
-        summary = await export_async(
+        return await export_async(
             _demo_pairs(args.pairs),
             args.out,
             endpoint=sim.url,
@@ -298,15 +299,19 @@ async def _demo(args: argparse.Namespace, exporters: list[Exporter]) -> int:
             handle_signals=True,
             on_exporter=exporters.append,
         )
-        summary.wall_seconds = time.monotonic() - started
-    code = _finish(summary)
-    out = Path(args.out).resolve()
-    print(f"data       {out}/send_stats/date=YYYY-MM-DD/*.parquet and {out}/send_totals/...")
-    print("read it    python -c \"import bulkexport; "
-          f"print(bulkexport.read_table('{args.out}', 'send_stats').to_pandas().head())\"")
-    print(f"  or       duckdb -c \"SELECT date, channel, sum(sent) FROM read_parquet('{args.out}/send_stats/**/*.parquet', "
-          "hive_partitioning=true) GROUP BY ALL ORDER BY ALL\"")
-    return code
+
+
+def _print_demo_hints(out: str) -> None:
+    root = os.path.abspath(out)
+    print(f"data       {root}/send_stats/date=YYYY-MM-DD/*.parquet, {root}/send_totals/...")
+    print(
+        "read it    python -c \"import bulkexport; print(bulkexport.read_table("
+        f"'{out}').group_by('channel').aggregate([('sent', 'sum')]))\""
+    )
+    print(
+        "with SQL   python -c \"import duckdb; duckdb.sql(\\\"SELECT date, channel, sum(sent) FROM "
+        f"read_parquet('{out}/send_stats/**/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY ALL\\\").show()\""
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

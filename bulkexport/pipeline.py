@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterable, Iterable
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from ._version import __version__
 from .client import BrazeClient, format_ending_at
@@ -41,6 +42,7 @@ from .errors import (
     AttemptError,
     ConfigError,
     ExportInterrupted,
+    PermanentError,
     RateLimited,
     RetryableError,
     StorageError,
@@ -63,28 +65,43 @@ _MANIFEST_VERSION = 1
 
 
 class _Attempts:
-    """Per-pair retry budget: errors and 429s are counted apart, as they mean different
-    things (a 429 says nothing about the pair, so it must not use up its attempts)."""
+    """One pair's retry policy and budget, for tenacity's ``stop`` and ``wait`` hooks.
 
-    __slots__ = ("errors", "max_errors", "max_rate_limited", "rate_limited")
+    Errors and 429s are counted apart: a 429 says nothing about the pair, so it must not
+    use up the pair's attempts, and its wait is the limiter's global pause, not a backoff.
+    """
 
-    def __init__(self, max_errors: int, max_rate_limited: int) -> None:
+    __slots__ = ("_cfg", "errors", "rate_limited")
+
+    def __init__(self, cfg: ExportConfig) -> None:
+        self._cfg = cfg  # max_attempts, max_rate_limited, backoff bounds
         self.errors = 0  # failed attempts other than 429
         self.rate_limited = 0  # 429 answers
-        self.max_errors = max_errors
-        self.max_rate_limited = max_rate_limited
 
     @property
     def total(self) -> int:
         return self.errors + self.rate_limited
 
-    def stop(self, state: RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome else None
+    def count(self, exc: BaseException | None) -> bool:
+        """Count one failed attempt; True when the budget for its kind is spent."""
         if isinstance(exc, RateLimited):
             self.rate_limited += 1
-            return self.rate_limited >= self.max_rate_limited
+            return self.rate_limited >= self._cfg.max_rate_limited
         self.errors += 1
-        return self.errors >= self.max_errors
+        return self.errors >= self._cfg.max_attempts
+
+    def backoff(self, exc: BaseException | None) -> float:
+        """Full jitter: uniform in [0, min(max, initial x 2^(errors-1))]."""
+        if isinstance(exc, RateLimited):
+            return 0.0  # the limiter already pauses every worker until the reset
+        cfg = self._cfg
+        return random.uniform(0, min(cfg.backoff_max, cfg.backoff_initial * 2 ** max(self.errors - 1, 0)))
+
+    def stop(self, state: RetryCallState) -> bool:
+        return self.count(state.outcome.exception() if state.outcome else None)
+
+    def wait(self, state: RetryCallState) -> float:
+        return self.backoff(state.outcome.exception() if state.outcome else None)
 
 
 class Exporter:
@@ -108,8 +125,6 @@ class Exporter:
         self.summary = ExportSummary(run_id=cfg.run_id, out=str(self.out))
         self._stop = asyncio.Event()
         self._stopping = False
-        # Full jitter (random in [0, min(max, initial x 2^n)]): spreads retries of many workers.
-        self._wait = wait_random_exponential(multiplier=cfg.backoff_initial, max=cfg.backoff_max)
         # Filled in by run():
         self._state: RunState | None = None
         self._flat = Flattener(cfg.run_id)
@@ -365,27 +380,7 @@ class Exporter:
             item = await queue.get()
             if item is None:
                 return
-            pid, pair = item
-            attempts = _Attempts(cfg.max_attempts, cfg.max_rate_limited)
-            failed = False
-            try:
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception_type(RetryableError),
-                    stop=attempts.stop,
-                    wait=self._wait_for,
-                    reraise=True,
-                ):
-                    with attempt:
-                        body = await client.fetch(pair)
-                        now_us = time.time_ns() // 1000
-                        self._flat.add(pid, pair.campaign_id, pair.send_id, body, now_us)
-            except AttemptError as exc:
-                failed = True
-                # stop() counted every retryable failure; a permanent one ends without it.
-                total = attempts.total + (0 if isinstance(exc, RetryableError) else 1)
-                self._record_failure(pid, pair, exc, total)
-            # Attempts after the first: failures counted by stop(), minus the last if it failed.
-            self.summary.retries += max(attempts.total - (1 if failed else 0), 0)
+            await self._export_pair(item[0], item[1], client)
             if len(self._flat) >= _BUILD_EVERY:
                 self._build()
             if self._buf_rows >= cfg.checkpoint_rows:
@@ -395,11 +390,42 @@ class Exporter:
                     self._ckpt_drained.clear()
                     await self._ckpt_drained.wait()
 
-    def _wait_for(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RateLimited):
-            return 0.0  # the limiter already pauses every worker until the reset
-        return float(self._wait(state))
+    async def _attempt(self, pid: int, pair: Pair, client: BrazeClient) -> None:
+        body = await client.fetch(pair)
+        self._flat.add(pid, pair.campaign_id, pair.send_id, body, time.time_ns() // 1000)
+
+    async def _export_pair(self, pid: int, pair: Pair, client: BrazeClient) -> None:
+        """Fetch and flatten one pair, retrying what is worth it; record it if it fails."""
+        attempts = _Attempts(self.cfg)
+        try:
+            # The common case, a first attempt that works, skips the retry machinery.
+            await self._attempt(pid, pair, client)
+            return
+        except RetryableError as exc:
+            if attempts.count(exc):
+                self._record_failure(pid, pair, exc, attempts.total)
+                return
+            await asyncio.sleep(attempts.backoff(exc))
+        except PermanentError as exc:
+            self._record_failure(pid, pair, exc, 1)
+            return
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(RetryableError),
+                stop=attempts.stop,
+                wait=attempts.wait,
+                reraise=True,
+            ):
+                with attempt:
+                    await self._attempt(pid, pair, client)
+        except RetryableError as exc:
+            self.summary.retries += attempts.total - 1
+            self._record_failure(pid, pair, exc, attempts.total)
+        except PermanentError as exc:
+            self.summary.retries += attempts.total
+            self._record_failure(pid, pair, exc, attempts.total + 1)
+        else:
+            self.summary.retries += attempts.total
 
     def _record_failure(self, pid: int, pair: Pair, exc: AttemptError, attempts: int) -> None:
         when = datetime.now(UTC).isoformat(timespec="seconds")

@@ -91,7 +91,7 @@ async def test_hang_longer_than_timeout_recovers(sim: Simulator, tmp_path: Path)
 
 # kind -> (rule options, server requests per client attempt that fails, statuses the client
 # sees for a failed attempt, reason of the final failure)
-_BAD = {
+_BAD: dict[str, tuple[dict[str, Any], int, int | None, str]] = {
     # aiohttp replays a GET once after a disconnect, so one client attempt costs two resets.
     "reset": ({}, 2, None, "ServerDisconnectedError"),
     "short_body": ({}, 1, None, "truncated transfer"),
@@ -124,9 +124,7 @@ async def test_bad_transfer_or_body_transient_recovers(sim: Simulator, tmp_path:
 
 
 @pytest.mark.parametrize("kind", sorted(_BAD))
-async def test_bad_transfer_or_body_permanent_fails_that_pair(
-    sim: Simulator, tmp_path: Path, kind: Any
-) -> None:
+async def test_bad_transfer_or_body_permanent_fails_that_pair(sim: Simulator, tmp_path: Path, kind: Any) -> None:
     options, per_attempt, seen, reason = _BAD[kind]
     pairs = pairs_for(9)
     bad = pairs[4]
@@ -214,6 +212,24 @@ async def test_401_wrong_key_stops_the_run_and_resume_completes(sim: Simulator, 
     _check_equal(tmp_path, sim, pairs)
 
 
+async def test_401_mid_run_keeps_what_was_finished(sim: Simulator, tmp_path: Path) -> None:
+    """The key is revoked while the run is going: pairs answered before stay done, the run
+    stops at the first 401, and the resume fetches exactly the rest (one worker: exact)."""
+    pairs = pairs_for(30)
+    revoked = pairs[20]
+    sim.faults.append(FaultRule(kind="status", status=401, message="Invalid API key", match=_only(revoked)))
+    with pytest.raises(bulkexport.AuthError) as info:
+        await run(sim, pairs, tmp_path, concurrency=1)
+    assert info.value.status == 401
+    assert sim.stats.requests == 21
+    assert dict(sim.stats.by_status) == {200: 20, 401: 1}
+    summary = await run(sim, pairs, tmp_path, concurrency=1)
+    assert summary.status == "complete"
+    assert (summary.pairs_done, summary.pairs_resumed, summary.requests) == (30, 20, 10)
+    assert sim.stats.per_pair == {**dict.fromkeys(pairs, 1), revoked: 2}
+    _check_equal(tmp_path, sim, pairs)
+
+
 async def test_403_forbidden_stops_the_run(sim: Simulator, tmp_path: Path) -> None:
     pairs = pairs_for(40)
     sim.forbidden = True
@@ -237,9 +253,7 @@ async def test_403_forbidden_stops_the_run(sim: Simulator, tmp_path: Path) -> No
 async def test_429_with_retry_after_pauses_the_whole_pool(sim: Simulator, tmp_path: Path) -> None:
     pairs = pairs_for(30)
     limited = set(pairs[:3])  # in the first burst of requests
-    sim.faults.append(
-        FaultRule(kind="rate_limit", retry_after="1", times=1, match=lambda c, s: (c, s) in limited)
-    )
+    sim.faults.append(FaultRule(kind="rate_limit", retry_after="1", times=1, match=lambda c, s: (c, s) in limited))
     summary = await run(sim, pairs, tmp_path, concurrency=4)
     assert summary.status == "complete"
     assert (summary.pairs_done, summary.pairs_failed) == (30, 0)
@@ -262,8 +276,8 @@ async def test_429_with_retry_after_pauses_the_whole_pool(sim: Simulator, tmp_pa
     t_last = max(first_429.values())
     # Requests already on their way when the 429s came back (at most the pool) may land
     # right after them; after that, nothing reaches the server until the pause is over.
-    burst = [ts for ts, _ in served if t_last < ts <= t_last + 0.05]
-    later = [ts for ts, _ in served if ts > t_last + 0.05]
+    burst = [ts for ts, _ in served if t_last < ts <= t_last + 0.2]
+    later = [ts for ts, _ in served if ts > t_last + 0.2]
     assert len(burst) <= 4
     assert later, "the run resumed after the pause"
     assert min(later) >= t_last + 0.95
@@ -297,11 +311,7 @@ async def test_clock_window_limit_lower_than_configured(sim: Simulator, tmp_path
     assert summary.rate_limited == n429
     assert summary.statuses == ({200: 100, 429: n429} if n429 else {200: 100})
     assert summary.requests == sim.stats.requests == 100 + n429
-    # No clock window served more than the limit.
-    per_window: dict[int, int] = {}
-    for ts in sim.stats.timestamps:
-        per_window[int(ts // 1.0)] = per_window.get(int(ts // 1.0), 0) + 1
-    assert sum(per_window.values()) == 100 + n429
-    # Feedback keeps 429s rare: the pace follows the learnt limit, not the configured one.
-    assert n429 <= 10
+    # Feedback keeps 429s rare (none in practice): the pace follows the learnt limit, not the
+    # configured one, which would draw about 50 x 429 here.
+    assert n429 <= 5
     _check_equal(tmp_path, sim, pairs)

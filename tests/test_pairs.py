@@ -31,7 +31,7 @@ async def test_csv_bom_extra_columns_quotes_and_blank_lines(sim: Simulator, tmp_
         "\ufeffnote,send_id,campaign_id,extra\r\n"  # BOM, columns in another order, CRLF
         '"a note, with a comma","multi\nline send","camp, with comma",x\r\n'
         "\r\n"
-        ',s1,plain,\r\n'
+        ",s1,plain,\r\n"
         "   \r\n"
         '"another\nmulti-line note","s,2","q""uote",y\r\n'
         "n,s3,plain,z\r\n"
@@ -48,7 +48,7 @@ async def test_csv_bom_extra_columns_quotes_and_blank_lines(sim: Simulator, tmp_
 
 
 async def test_jsonl_with_blank_lines_and_extra_keys(sim: Simulator, tmp_path: Path) -> None:
-    pairs = pairs_for(5) + [("ü-camp", "送信 1")]
+    pairs = [*pairs_for(5), ("ü-camp", "送信 1")]
     lines = [orjson.dumps({"send_id": s, "campaign_id": c, "sent_at": "2026-11-20"}) for c, s in pairs]
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(b"\n".join(lines[:3]) + b"\n\n  \n" + b"\r\n".join(lines[3:]) + b"\n")
@@ -94,7 +94,8 @@ async def test_header_only_csv_is_an_empty_complete_run(sim: Simulator, tmp_path
     path = tmp_path / "pairs.csv"
     path.write_text("campaign_id,send_id\n")
     summary = await run(sim, path, tmp_path / "out")
-    assert (summary.status, summary.pairs_read, summary.pairs_total, summary.pairs_done) == ("complete", 0, 0, 0)
+    assert summary.status == "complete"
+    assert (summary.pairs_read, summary.pairs_total, summary.pairs_done) == (0, 0, 0)
     assert sim.stats.requests == 0
 
 
@@ -141,14 +142,36 @@ _BAD_TEXT: list[tuple[str, bytes, int, str]] = [
         "expected 3 fields, got 2",
     ),
     ("bad_quote.csv", b'campaign_id,send_id\nc1,s1\nc2,"s2"x\nc3,s3\n', 3, "CSV syntax error"),
-    ("bad_json.jsonl", b'{"campaign_id": "c1", "send_id": "s1"}\n\n{"campaign_id": "c2", "send_id": \n', 3,
-     "not valid JSON"),
-    ("not_object.jsonl", b'{"campaign_id": "c1", "send_id": "s1"}\n["c2", "s2"]\n', 2, "expected a JSON object"),
-    ("missing_key.jsonl", b'{"campaign_id": "c1", "send_id": "s1"}\n{"campaign_id": "c2"}\n', 2,
-     "missing send_id"),
-    ("int_id.jsonl", b'{"campaign_id": "c1", "send_id": "s1"}\n{"campaign_id": 7, "send_id": "s2"}\n', 2,
-     "campaign_id must be a string, got int"),
-    ("null_id.jsonl", b'{"campaign_id": "c1", "send_id": null}\n', 1, "send_id must be a string, got NoneType"),
+    (
+        "bad_json.jsonl",
+        b'{"campaign_id": "c1", "send_id": "s1"}\n\n{"campaign_id": "c2", "send_id": \n',
+        3,
+        "not valid JSON",
+    ),
+    (
+        "not_object.jsonl",
+        b'{"campaign_id": "c1", "send_id": "s1"}\n["c2", "s2"]\n',
+        2,
+        "expected a JSON object",
+    ),
+    (
+        "missing_key.jsonl",
+        b'{"campaign_id": "c1", "send_id": "s1"}\n{"campaign_id": "c2"}\n',
+        2,
+        "missing send_id",
+    ),
+    (
+        "int_id.jsonl",
+        b'{"campaign_id": "c1", "send_id": "s1"}\n{"campaign_id": 7, "send_id": "s2"}\n',
+        2,
+        "campaign_id must be a string, got int",
+    ),
+    (
+        "null_id.jsonl",
+        b'{"campaign_id": "c1", "send_id": null}\n',
+        1,
+        "send_id must be a string, got NoneType",
+    ),
     ("empty_id.jsonl", b'\n\n{"campaign_id": "c1", "send_id": ""}\n', 3, "send_id is empty"),
 ]
 
@@ -183,10 +206,16 @@ async def test_non_utf8_csv_line_is_named(sim: Simulator, tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "table, line, reason",
     [
-        (pa.table({"campaign_id": ["c1", "c2", "c3"], "send_id": ["s1", "s2", None]}), 3,
-         "send_id must be a string, got NoneType"),
-        (pa.table({"campaign_id": [None, "c2"], "send_id": ["s1", "s2"]}), 1,
-         "campaign_id must be a string, got NoneType"),
+        (
+            pa.table({"campaign_id": ["c1", "c2", "c3"], "send_id": ["s1", "s2", None]}),
+            3,
+            "send_id must be a string, got NoneType",
+        ),
+        (
+            pa.table({"campaign_id": [None, "c2"], "send_id": ["s1", "s2"]}),
+            1,
+            "campaign_id must be a string, got NoneType",
+        ),
         (pa.table({"campaign_id": ["c1", ""], "send_id": ["s1", "s2"]}), 2, "campaign_id is empty"),
         (pa.table({"campaign_id": ["c1"], "send_id": [5]}), 1, "send_id must be a string, got int"),
         (pa.table({"campaign_id": ["c1"], "send": ["s1"]}), 0, "lacks column(s) send_id"),
@@ -237,6 +266,7 @@ def _long_file(tmp_path: Path, fmt: str, last: Any) -> tuple[Path, int]:
 @pytest.mark.parametrize(
     "fmt, last",
     [("csv", "c-last,\n"), ("jsonl", b'{"campaign_id": "c-last"}\n'), ("parquet", ("c-last", None))],
+    ids=["csv", "jsonl", "parquet"],
 )
 async def test_error_in_last_line_of_long_file_costs_no_request(
     sim: Simulator, tmp_path: Path, fmt: str, last: Any
