@@ -100,6 +100,9 @@ example (nightly):
 """
 
 
+_EXIT_HELP = "\nexit codes:\n" + "".join(f"  {k}  {v}\n" for k, v in EXIT_CODES.items())
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bulkexport",
@@ -116,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Fetch every pair's daily series and write send_stats and send_totals "
         "under OUT. The API key is read from BRAZE_API_KEY. Re-running the same command "
         "resumes an interrupted run and is a no-op for a finished one.",
-        epilog=_EXAMPLE,
+        epilog=_EXAMPLE + _EXIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("--pairs", required=True, metavar="FILE",
@@ -166,6 +169,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Start the Braze simulator on loopback, export generated pairs through "
         "it with a fast simulated rate limit and a few injected faults, and show where the "
         "data is and how to read it.",
+        epilog=_EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("--pairs", type=int, default=3000, metavar="N", help="pairs to generate (default 3000)")
     d.add_argument("--out", default="bulkexport-demo", metavar="DIR", help="output root (default ./bulkexport-demo)")

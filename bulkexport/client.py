@@ -137,8 +137,8 @@ class BrazeClient:
                     retry_after = resp.headers.get("Retry-After")
             except TimeoutError:
                 raise TransportError(f"no complete response within {self._cfg.request_timeout:g}s") from None
-            except aiohttp.ClientPayloadError as exc:
-                raise TransportError(f"truncated transfer: {exc}") from None
+            except aiohttp.ClientPayloadError:
+                raise TransportError("truncated transfer: connection closed before the whole body") from None
             except aiohttp.ClientError as exc:
                 raise TransportError(f"{type(exc).__name__}: {exc}") from None
         finally:

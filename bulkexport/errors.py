@@ -118,6 +118,9 @@ class TransportError(RetryableError):
 class BadResponse(RetryableError):
     """HTTP 200 whose body is not JSON, not the documented shape, or not ``success``."""
 
+    def __init__(self, reason: str, status: int | None = 200) -> None:
+        super().__init__(reason, status)
+
 
 class PermanentError(AttemptError):
     """A status that retrying cannot fix (400, 404, other 4xx)."""

@@ -113,6 +113,18 @@ def _convert(name: str, values: tuple[Any, ...], kind: int) -> pa.Array:
     raise _BadValues(name, bad or list(range(len(values))))
 
 
+_NULLS: dict[pa.DataType, pa.Array] = {}
+
+
+def _nulls(n: int, type_: pa.DataType) -> pa.Array:
+    """An all-null column of length ``n``: a zero-copy slice of one shared array per type,
+    since most metric columns of most groups are absent (a channel lacks them)."""
+    arr = _NULLS.get(type_)
+    if arr is None or len(arr) < n:
+        arr = _NULLS[type_] = pa.nulls(max(n, 2 * len(arr) if arr is not None else 65_536), type_)
+    return arr.slice(0, n)
+
+
 def _from_buffer(type_: pa.DataType, buf: array[Any]) -> pa.Array:
     return pa.Array.from_buffers(type_, len(buf), [None, pa.py_buffer(buf)])
 
@@ -184,7 +196,7 @@ class _TableBuilder:
             if extras:
                 unknown.update(name for name, _ in extras)
                 columns["extra_metrics"] = _extras_column(extras, n)
-            arrays = [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in self._schema]
+            arrays = [columns[f.name] if f.name in columns else _nulls(n, f.type) for f in self._schema]
             batches.append(pa.RecordBatch.from_arrays(arrays, schema=self._schema))
         return batches
 

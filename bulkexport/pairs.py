@@ -9,7 +9,6 @@ the whole input before it sends the first request, so a bad file costs no budget
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -101,14 +100,21 @@ def _format_from_suffix(p: Path) -> str:
     raise PairsInputError(p, 0, "cannot tell the format from the extension; use .csv, .jsonl or .parquet")
 
 
-def _open_text(p: Path) -> io.TextIOWrapper:
-    # utf-8-sig: spreadsheets save CSV with a byte-order mark that would corrupt the header.
-    return open(p, encoding="utf-8-sig", newline="", errors="strict")
+def _decoded_lines(fh: Iterable[bytes], p: Path) -> Iterator[str]:
+    """Decode line by line, so a non-UTF-8 byte is reported at its own line number."""
+    for number, raw in enumerate(fh, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PairsInputError(p, number, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        # Spreadsheets save CSV with a byte-order mark that would corrupt the header.
+        yield text.removeprefix("\ufeff") if number == 1 else text
 
 
 def _iter_csv(p: Path) -> Iterator[tuple[int, Pair]]:
-    with _open_text(p) as fh:
-        reader = csv.reader(fh, strict=True)
+    with open(p, "rb") as fh:
+        reader = csv.reader(_decoded_lines(fh, p), strict=True)
+        start = 0  # physical lines consumed before the current record
         try:
             header = next(reader, None)
             if header is None:
@@ -120,23 +126,19 @@ def _iter_csv(p: Path) -> Iterator[tuple[int, Pair]]:
             width = len(names)
             start = reader.line_num
             for row in reader:
+                line = start + 1
+                start = reader.line_num
                 if not row or (len(row) == 1 and not row[0].strip()):
-                    start = reader.line_num
                     continue
                 if len(row) != width:
-                    raise PairsInputError(p, start + 1, f"expected {width} fields, got {len(row)}")
-                yield (
-                    start + 1,
-                    Pair(
-                        _check_id("campaign_id", row[ci], str(p), start + 1),
-                        _check_id("send_id", row[si], str(p), start + 1),
-                    ),
+                    raise PairsInputError(p, line, f"expected {width} fields, got {len(row)}")
+                yield line, Pair(
+                    _check_id("campaign_id", row[ci], str(p), line),
+                    _check_id("send_id", row[si], str(p), line),
                 )
-                start = reader.line_num
         except csv.Error as exc:
-            raise PairsInputError(p, reader.line_num, f"CSV syntax error: {exc}") from None
-        except UnicodeDecodeError as exc:
-            raise PairsInputError(p, reader.line_num + 1, f"not UTF-8 text ({exc.reason})") from None
+            # Reported where the broken record starts (an unclosed quote runs to the end).
+            raise PairsInputError(p, start + 1, f"CSV syntax error: {exc}") from None
 
 
 def _iter_jsonl(p: Path) -> Iterator[tuple[int, Pair]]:

@@ -4,6 +4,7 @@ hundred requests per one-second window, which is Braze's hourly window in miniat
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections import Counter
@@ -104,7 +105,7 @@ async def test_429_pauses_everyone_and_caps_retry_after(sim: Simulator, tmp_path
     assert 1.0 <= summary.paused_seconds <= 1.0 + 0.03  # the cap plus at most its jitter
     assert time.monotonic() - started < 10
     ts = sorted(sim.stats.timestamps)
-    gaps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(ts)]
     assert max(gaps) >= 0.95  # the pool really stood still
 
 
