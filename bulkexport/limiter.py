@@ -214,16 +214,13 @@ class RateController:
             return
         if self._reset is None or reset > self._reset + 1e-6:
             if self._reset is not None:
-                learnt = reset - self._reset
-                # Successive windows differ by one window length (or a multiple when idle).
-                if 0 < learnt < self._window * 0.99 or (
-                    self.stats.window is None and abs(learnt - self._window) > 1e-6 and learnt < self._window
-                ):
-                    self._window = learnt
-                    self.stats.window = learnt
+                # Successive resets differ by one window length, or a multiple of it after an
+                # idle spell: only a shorter step than we assumed teaches us something.
+                step = reset - self._reset
+                if step < self._window * 0.99:
+                    self._window = step
                     self._set_base()
-                elif self.stats.window is None and abs(learnt - self._window) < 1e-6:
-                    self.stats.window = learnt
+                self.stats.window = self._window
             self._reset = reset  # a new window: its budget replaces the old one's
             self._remaining = remaining
             self._win_first, self._win_start, self._win_own = remaining, time.time(), 1
