@@ -10,17 +10,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .client import format_ending_at
 from .config import ApiKey, ExportConfig
 from .errors import ConfigError
+from .pairs import iter_items, iter_pair_file
 from .pipeline import Exporter
+from .sink import STATE_DIR
+from .state import DONE, FAILED, RunState
 from .summary import ExportSummary
 
-__all__ = ["export", "export_async"]
+__all__ = ["Plan", "export", "export_async", "make_plan"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -103,3 +109,83 @@ def export(pairs: Any, out: str | Path, **kwargs: Any) -> ExportSummary:
     except RuntimeError:
         return asyncio.run(export_async(pairs, out, **kwargs))
     raise RuntimeError("bulkexport.export() called inside an event loop; await export_async() instead")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What an export would do, computed without sending a request (``--dry-run``)."""
+
+    run_id: str
+    window: str  # the series requested for each pair
+    pairs_read: int
+    pairs_unique: int
+    pairs_done: int  # already committed by an earlier session of this run
+    pairs_failed: int  # recorded as failed by an earlier session
+    requests: int  # at least one per pair still to fetch
+    rate: float  # requests per second the run paces at
+    per_window: float  # requests it may spend per rate-limit window (reserve and share applied)
+    window_seconds: float
+    estimated_seconds: float
+
+    def lines(self) -> list[str]:
+        hours, rest = divmod(int(self.estimated_seconds + 0.5), 3600)
+        return [
+            f"run        {self.run_id} (dry run: no request sent)",
+            f"series     {self.window}",
+            f"pairs      {self.pairs_unique:,} unique of {self.pairs_read:,} read"
+            + (f"; {self.pairs_done:,} already done, {self.pairs_failed:,} failed" if self.pairs_done else ""),
+            f"requests   {self.requests:,} (one per pair to fetch, before retries)",
+            f"pace       {self.rate:,.1f} requests/s, at most {self.per_window:,.0f} per "
+            f"{self.window_seconds:g}s window",
+            f"duration   about {hours}h{rest // 60:02d}m{rest % 60:02d}s if nobody else spends the budget",
+        ]
+
+
+def make_plan(
+    pairs: Any,
+    out: str | Path,
+    *,
+    endpoint: str | None = None,
+    api_key: str | ApiKey | None = None,
+    ending_at: datetime | str | None = None,
+    run_id: str | None = None,
+    pairs_format: str | None = None,
+    allow_custom_endpoint: bool = False,
+    **options: Any,
+) -> Plan:
+    """Read and check the pairs (a file or a sync iterable), look at the run's state, and
+    estimate the work, without any network traffic."""
+    cfg = _config(endpoint, api_key, ending_at, run_id, allow_custom_endpoint, options)
+    items = (
+        iter_pair_file(pairs, pairs_format) if isinstance(pairs, str | Path) else iter_items(pairs)
+    )
+    with tempfile.TemporaryDirectory(prefix="bulkexport-plan-") as tmp:
+        spool = RunState(Path(tmp) / "plan.sqlite")
+        try:
+            read, unique = spool.ingest(p for _, p in items)
+        finally:
+            spool.close()
+    done = failed = 0
+    existing = Path(out) / STATE_DIR / "runs" / cfg.run_id / "state.sqlite"
+    if existing.exists() and not cfg.overwrite:
+        state = RunState(existing)
+        try:
+            done, failed = state.count(DONE), state.count(FAILED)
+        finally:
+            state.close()
+    requests = max(unique - done - failed, 0)
+    per_window = min(cfg.share, 1 - cfg.reserve) * cfg.rate_limit
+    seconds = max(requests / cfg.rate, requests / per_window * cfg.window) if requests else 0.0
+    return Plan(
+        run_id=cfg.run_id,
+        window=f"{cfg.length} days ending {format_ending_at(cfg.ending_at)}",
+        pairs_read=read,
+        pairs_unique=unique,
+        pairs_done=done,
+        pairs_failed=failed,
+        requests=requests,
+        rate=cfg.rate,
+        per_window=per_window,
+        window_seconds=cfg.window,
+        estimated_seconds=seconds,
+    )

@@ -28,10 +28,10 @@ from typing import Any
 import orjson
 
 from ._version import __version__
-from .api import export_async
-from .config import DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_LENGTH, DEFAULT_RATE_LIMIT, DEFAULT_RESERVE
+from .api import export_async, make_plan
 from .errors import AuthError, ConfigError, ExportInterrupted, StorageError
 from .pipeline import Exporter
+from .settings import add_export_options, resolve
 from .summary import ExportSummary
 
 __all__ = ["EXIT_CODES", "main"]
@@ -77,14 +77,14 @@ class _JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
-def _setup_logging(level: str, fmt: str) -> logging.Handler:
+def _setup_logging(level: str, fmt: str, key: str | None = None) -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
-    key = os.environ.get("BRAZE_API_KEY", "").strip()
-    handler.addFilter(_Redact(key))
+    secret = (key if key is not None else os.environ.get("BRAZE_API_KEY", "")).strip()
+    handler.addFilter(_Redact(secret))
     root = logging.getLogger("bulkexport")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -122,46 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EXAMPLE + _EXIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument("--pairs", required=True, metavar="FILE",
-                   help="pairs file: CSV with header campaign_id,send_id, JSON Lines, or Parquet")
-    e.add_argument("--pairs-format", choices=["csv", "jsonl", "parquet"],
-                   help="format of --pairs when its extension does not tell")
-    e.add_argument("--out", required=True, metavar="DIR", help="output root (dataset + _bulkexport/ state)")
-    e.add_argument("--endpoint", metavar="URL",
-                   help="REST endpoint, e.g. https://rest.iad-01.braze.com (default: $BRAZE_REST_ENDPOINT)")
-    e.add_argument("--allow-custom-endpoint", action="store_true",
-                   help="accept an https endpoint that is not a rest.<cluster>.braze.(com|eu) host")
-    e.add_argument("--length", type=int, default=DEFAULT_LENGTH, metavar="DAYS",
-                   help=f"days of series per pair, 1-100 (default {DEFAULT_LENGTH}: the 14-day "
-                   "retention plus one day of time-zone margin; length costs no extra requests)")
-    e.add_argument("--ending-at", metavar="ISO",
-                   help="end of the series, ISO-8601 (default: now; a bare date means its last second)")
-    e.add_argument("--run-id", metavar="ID",
-                   help="run id (default: the date of --ending-at); the same id resumes the same run")
-    e.add_argument("--overwrite", action="store_true", help="delete this run's earlier output and redo it")
-    e.add_argument("--retry-failed", action="store_true",
-                   help="fetch again only the pairs this run recorded as failed")
-    g = e.add_argument_group("rate (see README: 'Sharing the rate limit')")
-    g.add_argument("--rate-limit", type=int, default=DEFAULT_RATE_LIMIT, metavar="N",
-                   help="workspace limit per hour, until Braze's headers say otherwise "
-                   f"(default {DEFAULT_RATE_LIMIT:,})")
-    g.add_argument("--share", type=float, default=1.0, metavar="F",
-                   help="fraction of the limit to pace at (default 1.0)")
-    g.add_argument("--reserve", type=float, default=DEFAULT_RESERVE, metavar="F",
-                   help="fraction of each hour's budget never touched, left to production traffic "
-                   f"(default {DEFAULT_RESERVE})")
-    g.add_argument("--max-rate", type=float, metavar="R", help="hard cap in requests per second")
-    g.add_argument("--burst", type=int, default=DEFAULT_BURST, metavar="N",
-                   help=f"requests allowed at once above the pace (default {DEFAULT_BURST})")
-    g.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
-                   help=f"most requests in flight (default {DEFAULT_CONCURRENCY})")
-    r = e.add_argument_group("requests")
-    r.add_argument("--timeout", type=float, default=60.0, metavar="S", help="per-request timeout (default 60)")
-    r.add_argument("--max-attempts", type=int, default=6, metavar="N",
-                   help="attempts per pair for 5xx, timeouts and bad bodies (default 6; 429s not counted)")
-    r.add_argument("--checkpoint-interval", type=float, default=5.0, metavar="S",
-                   help="seconds between checkpoints: the most work a crash can cost (default 5)")
-    _common(e)
+    add_export_options(e)
 
     d = sub.add_parser(
         "demo",
@@ -176,13 +137,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="bulkexport-demo", metavar="DIR", help="output root (default ./bulkexport-demo)")
     d.add_argument("--limit", type=int, default=2000, metavar="N",
                    help="simulated requests per 2-second window (default 2000)")
-    _common(d)
+    d.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    d.add_argument("--log-format", default="text", choices=["text", "json"])
     return p
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default="text", choices=["text", "json"])
 
 
 def _print_summary(summary: ExportSummary) -> None:
@@ -199,14 +156,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_CONFIG
-    _setup_logging(args.log_level, args.log_format)
+    given = vars(args)
+    _setup_logging(
+        given.get("log_level") or os.environ.get("BULKEXPORT_LOG_LEVEL") or "info",
+        given.get("log_format") or os.environ.get("BULKEXPORT_LOG_FORMAT") or "text",
+    )
     exporters: list[Exporter] = []
     try:
         if args.command == "demo":
             code = _finish(asyncio.run(_demo(args, exporters)))
             _print_demo_hints(args.out)
             return code
-        return _finish(asyncio.run(_export(args, exporters)))
+        settings = resolve(given)
+        _setup_logging(settings["log_level"], settings["log_format"], settings["api_key"])
+        if settings["dry_run"]:
+            return _dry_run(settings)
+        return _finish(asyncio.run(_export(settings, exporters)))
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -240,33 +205,44 @@ def _finish(summary: ExportSummary) -> int:
     return EXIT_PARTIAL if summary.status == "partial" else EXIT_OK
 
 
-async def _export(args: argparse.Namespace, exporters: list[Exporter]) -> ExportSummary:
-    options: dict[str, Any] = {
-        "length": args.length,
-        "rate_limit": args.rate_limit,
-        "share": args.share,
-        "reserve": args.reserve,
-        "max_rate": args.max_rate,
-        "burst": args.burst,
-        "concurrency": args.concurrency,
-        "request_timeout": args.timeout,
-        "max_attempts": args.max_attempts,
-        "checkpoint_interval": args.checkpoint_interval,
-        "overwrite": args.overwrite,
-    }
+_LIBRARY_OPTIONS = (
+    "length", "rate_limit", "share", "reserve", "max_rate", "burst", "concurrency", "request_timeout",
+    "max_attempts", "checkpoint_interval", "overwrite",
+)  # fmt: skip
+
+
+async def _export(settings: dict[str, Any], exporters: list[Exporter]) -> ExportSummary:
     return await export_async(
-        args.pairs,
-        args.out,
-        endpoint=args.endpoint,
-        ending_at=args.ending_at,
-        run_id=args.run_id,
-        pairs_format=args.pairs_format,
-        retry_failed=args.retry_failed,
-        allow_custom_endpoint=args.allow_custom_endpoint,
+        settings["pairs"],
+        settings["out"],
+        endpoint=settings["endpoint"],
+        api_key=settings["api_key"],
+        ending_at=settings["ending_at"],
+        run_id=settings["run_id"],
+        pairs_format=settings["pairs_format"],
+        retry_failed=settings["retry_failed"],
+        allow_custom_endpoint=settings["allow_custom_endpoint"],
         handle_signals=True,
         on_exporter=exporters.append,
-        **options,
+        **{k: settings[k] for k in _LIBRARY_OPTIONS},
     )
+
+
+def _dry_run(settings: dict[str, Any]) -> int:
+    plan = make_plan(
+        settings["pairs"],
+        settings["out"],
+        endpoint=settings["endpoint"],
+        api_key=settings["api_key"],
+        ending_at=settings["ending_at"],
+        run_id=settings["run_id"],
+        pairs_format=settings["pairs_format"],
+        allow_custom_endpoint=settings["allow_custom_endpoint"],
+        **{k: settings[k] for k in _LIBRARY_OPTIONS},
+    )
+    for line in plan.lines():
+        print(line)
+    return EXIT_OK
 
 
 def _demo_pairs(n: int) -> Iterator[tuple[str, str]]:

@@ -1,0 +1,194 @@
+"""Where the CLI's settings come from, and which source wins.
+
+Precedence, highest first: command-line flags, environment variables, the TOML file given by
+``--config`` (or ``$BULKEXPORT_CONFIG``), built-in defaults. One table (:data:`OPTIONS`)
+declares every ``export`` option once: its flag, type, default and help, so the parser, the
+TOML keys and the README cannot drift apart.
+
+The API key is deliberately not an option: it comes from ``--api-key-file`` (a file a secret
+manager mounts), ``$BRAZE_API_KEY``, or ``api_key_file`` in the TOML file, never from a flag
+or a TOML value, which would end up in shell history or version control.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_LENGTH, DEFAULT_RATE_LIMIT, DEFAULT_RESERVE
+from .errors import ConfigError
+
+__all__ = ["ENV", "OPTIONS", "Option", "add_export_options", "resolve"]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One ``export`` setting."""
+
+    dest: str  # key in the resolved settings and in the TOML file
+    flag: str
+    type: type
+    default: Any
+    help: str
+    group: str = "export"
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("pairs", "--pairs", str, None, "pairs file: CSV with header campaign_id,send_id, JSON Lines, or Parquet",
+           metavar="FILE"),
+    Option("pairs_format", "--pairs-format", str, None, "format of --pairs when its extension does not tell",
+           choices=("csv", "jsonl", "parquet")),
+    Option("out", "--out", str, None, "output root (dataset + _bulkexport/ state)", metavar="DIR"),
+    Option("endpoint", "--endpoint", str, None,
+           "REST endpoint, e.g. https://rest.iad-01.braze.com (env BRAZE_REST_ENDPOINT)", metavar="URL"),
+    Option("allow_custom_endpoint", "--allow-custom-endpoint", bool, False,
+           "accept an https endpoint that is not a rest.<cluster>.braze.(com|eu) host"),
+    Option("api_key_file", "--api-key-file", str, None,
+           "read the API key from this file (e.g. mounted by a secret manager) instead of BRAZE_API_KEY",
+           metavar="PATH"),
+    Option("length", "--length", int, DEFAULT_LENGTH,
+           f"days of series per pair, 1-100 (default {DEFAULT_LENGTH}: the 14-day retention plus one day of "
+           "time-zone margin; length costs no extra requests)", metavar="DAYS"),
+    Option("ending_at", "--ending-at", str, None,
+           "end of the series, ISO-8601 (default: now; a bare date means its last second)", metavar="ISO"),
+    Option("run_id", "--run-id", str, None,
+           "run id (default: the date of --ending-at); the same id resumes the same run", metavar="ID"),
+    Option("overwrite", "--overwrite", bool, False, "delete this run's earlier output and redo it"),
+    Option("retry_failed", "--retry-failed", bool, False, "fetch again only the pairs this run recorded as failed"),
+    Option("dry_run", "--dry-run", bool, False,
+           "read and check the pairs, print the plan (requests, estimated duration), send nothing"),
+    Option("rate_limit", "--rate-limit", int, DEFAULT_RATE_LIMIT,
+           f"workspace limit per hour, until Braze's headers say otherwise (default {DEFAULT_RATE_LIMIT:,})",
+           group="rate", metavar="N"),
+    Option("share", "--share", float, 1.0, "fraction of the limit to pace at, at most (default 1.0)",
+           group="rate", metavar="F"),
+    Option("reserve", "--reserve", float, DEFAULT_RESERVE,
+           f"fraction of each hour's budget never touched, left to production traffic (default {DEFAULT_RESERVE})",
+           group="rate", metavar="F"),
+    Option("max_rate", "--max-rate", float, None, "hard cap in requests per second", group="rate", metavar="R"),
+    Option("burst", "--burst", int, DEFAULT_BURST,
+           f"requests allowed at once above the pace (default {DEFAULT_BURST})", group="rate", metavar="N"),
+    Option("concurrency", "--concurrency", int, DEFAULT_CONCURRENCY,
+           f"most requests in flight (default {DEFAULT_CONCURRENCY})", group="rate", metavar="N"),
+    Option("request_timeout", "--timeout", float, 60.0, "per-request timeout in seconds (default 60)",
+           group="requests", metavar="S"),
+    Option("max_attempts", "--max-attempts", int, 6,
+           "attempts per pair for 5xx, timeouts and bad bodies (default 6; 429s are not counted)",
+           group="requests", metavar="N"),
+    Option("checkpoint_interval", "--checkpoint-interval", float, 5.0,
+           "seconds between checkpoints: the most work a crash can cost (default 5)", group="requests", metavar="S"),
+    Option("log_level", "--log-level", str, "info", "log level (default info)", group="logging",
+           choices=("debug", "info", "warning", "error")),
+    Option("log_format", "--log-format", str, "text", "text for people, json for log shippers (default text)",
+           group="logging", choices=("text", "json")),
+)  # fmt: skip
+
+#: Environment variables and the settings they provide.
+ENV: Mapping[str, str] = {
+    "BRAZE_REST_ENDPOINT": "endpoint",
+    "BRAZE_API_KEY_FILE": "api_key_file",
+    "BULKEXPORT_LOG_LEVEL": "log_level",
+    "BULKEXPORT_LOG_FORMAT": "log_format",
+}
+_BY_DEST = {o.dest: o for o in OPTIONS}
+
+
+def add_export_options(parser: argparse.ArgumentParser) -> None:
+    """Declare every option with a SUPPRESS default, so only flags really given are seen."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="TOML file of settings (keys as below with underscores; env BULKEXPORT_CONFIG)")
+    for o in OPTIONS:
+        group = groups.get(o.group)
+        if group is None:
+            title = None if o.group == "export" else o.group
+            group = groups[o.group] = parser.add_argument_group(title)
+        if o.type is bool:
+            group.add_argument(o.flag, dest=o.dest, action="store_true", default=argparse.SUPPRESS, help=o.help)
+        else:
+            group.add_argument(o.flag, dest=o.dest, type=o.type, default=argparse.SUPPRESS, help=o.help,
+                               metavar=o.metavar, choices=o.choices)
+
+
+def _coerce(o: Option, value: Any, source: str) -> Any:
+    if o.type is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return value.lower() in ("1", "true", "yes")
+        raise ConfigError(f"{source}: {o.dest} must be true or false, got {value!r}")
+    if o.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, o.type) or isinstance(value, bool):
+        try:
+            value = o.type(value) if isinstance(value, str) else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise ConfigError(f"{source}: {o.dest} must be {o.type.__name__}") from None
+    if o.choices and value not in o.choices:
+        raise ConfigError(f"{source}: {o.dest} must be one of {', '.join(o.choices)}, got {value!r}")
+    return value
+
+
+def _toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    section = doc.get("export", doc)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [export] must be a table")
+    if "api_key" in section:
+        raise ConfigError(f"config file {path}: do not put the API key in a config file; use api_key_file")
+    unknown = sorted(set(section) - set(_BY_DEST))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    return {k: _coerce(_BY_DEST[k], v, f"config file {path}") for k, v in section.items()}
+
+
+def resolve(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Merge flags (``given``), environment, config file and defaults; also read the key.
+
+    Returns every option by ``dest`` plus ``api_key`` (a string, or None when no source has
+    one: the library then reports the missing key with its usual message).
+    """
+    env = os.environ if environ is None else environ
+    settings: dict[str, Any] = {o.dest: o.default for o in OPTIONS}
+    config_path = given.get("config") or env.get("BULKEXPORT_CONFIG")
+    if config_path:
+        settings.update(_toml(config_path))
+    for var, dest in ENV.items():
+        if env.get(var):
+            settings[dest] = _coerce(_BY_DEST[dest], env[var], f"${var}")
+    settings.update({k: v for k, v in given.items() if k in _BY_DEST})
+    for required in ("pairs", "out"):
+        if not settings.get(required):
+            raise ConfigError(f"--{required} is required (or '{required}' in the config file)")
+    key_file = given.get("api_key_file") or env.get("BRAZE_API_KEY_FILE")
+    if key_file:
+        settings["api_key"] = _read_key(key_file)
+    elif env.get("BRAZE_API_KEY") is not None:
+        settings["api_key"] = env["BRAZE_API_KEY"]
+    elif settings.get("api_key_file"):
+        settings["api_key"] = _read_key(settings["api_key_file"])
+    else:
+        settings["api_key"] = None
+    return settings
+
+
+def _read_key(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the API key file {path}: {getattr(exc, 'strerror', None) or exc}") from None
