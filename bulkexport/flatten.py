@@ -198,6 +198,10 @@ class _TableBuilder:
                 columns["extra_metrics"] = _extras_column(extras, n)
             arrays = [columns[f.name] if f.name in columns else _nulls(n, f.type) for f in self._schema]
             batches.append(pa.RecordBatch.from_arrays(arrays, schema=self._schema))
+        if len(batches) > 1:
+            # One dense batch per build: downstream (checkpoint sort, IPC) costs per chunk.
+            combined: list[pa.RecordBatch] = pa.Table.from_batches(batches).combine_chunks().to_batches()
+            return combined
         return batches
 
     def clear(self) -> None:
@@ -328,6 +332,7 @@ class Flattener:
     def _add_days(self, slot: int, data: list[Any]) -> int:
         stats_groups = self._stats.groups
         totals_groups = self._totals.groups
+        new_stats_group = self._stats.group
         rows = 0
         for day in data:
             if type(day) is not dict:
@@ -349,13 +354,18 @@ class Flattener:
                 meta = (slot, days, channel)
                 if channel not in KNOWN_CHANNELS:
                     self._channels.add(channel)
-                for entry in entries:
-                    if type(entry) is not dict:
-                        raise BadResponse(f"messages[{channel!r:.60}] entries must be objects")
-                    keys = tuple(entry)
-                    g = stats_groups.get(keys) or self._stats.group(keys)
-                    g.rows.append(tuple(entry.values()))
-                    g.meta.append(meta)
+                try:
+                    # The hottest loop: no per-entry type check; a non-object entry fails
+                    # in tuple() or .values() and is reported below.
+                    for entry in entries:
+                        keys = tuple(entry)
+                        g = stats_groups.get(keys)
+                        if g is None:
+                            g = new_stats_group(keys)
+                        g.rows.append(tuple(entry.values()))
+                        g.meta.append(meta)
+                except (AttributeError, TypeError):
+                    raise BadResponse(f"messages[{channel!r:.60}] entries must be objects") from None
                 rows += len(entries)
         return rows
 

@@ -115,8 +115,11 @@ class Sink:
             batches = [b for b in batches if b.num_rows]
             if not batches:
                 continue
-            table = pa.Table.from_batches(batches)
-            dates = table.column(DATE)
+            # One sort by date, then contiguous slices: a filter per date over many small
+            # chunks cost ~30x more (profiled), and slices are zero-copy.
+            table = pa.Table.from_batches(batches).combine_chunks()
+            table = table.take(pc.sort_indices(table.column(DATE)))
+            counts = pc.value_counts(table.column(DATE))
             file_name = f"ckpt-{seq:08d}-{name}.arrow"
             final = self.staging / file_name
             tmp = self.staging / f".{file_name}{_TMP_SUFFIX}"
@@ -125,14 +128,14 @@ class Sink:
                     pa.OSFile(str(tmp), "wb") as sink,
                     pa.ipc.new_file(sink, TABLES[name], options=_IPC_OPTIONS) as writer,
                 ):
-                    for index, day in enumerate(sorted(pc.unique(dates).to_pylist())):
-                        part = table.filter(pc.equal(dates, pa.scalar(day, pa.date32())))
-                        part = part.drop_columns([DATE]).combine_chunks()
-                        for batch in part.to_batches():
-                            writer.write_batch(batch)
-                        records.append(
-                            PartRecord(seq, name, day.isoformat(), index, part.num_rows, file_name)
-                        )
+                    offset = 0
+                    for index, entry in enumerate(counts.to_pylist()):
+                        day, rows = entry["values"], entry["counts"]
+                        part = table.slice(offset, rows).drop_columns([DATE])
+                        offset += rows
+                        (batch,) = part.to_batches()  # one batch per date: PartRecord.batch
+                        writer.write_batch(batch)
+                        records.append(PartRecord(seq, name, day.isoformat(), index, rows, file_name))
                 _commit_file(tmp, final)
         return records
 
