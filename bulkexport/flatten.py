@@ -344,10 +344,9 @@ class Flattener:
                 continue
             if type(messages) is not dict:
                 raise BadResponse("'messages' must be an object of channel -> list")
-            keys = tuple(day)
-            g = totals_groups.get(keys) or self._totals.group(keys)
-            g.rows.append(tuple(day.values()))
-            g.meta.append((slot, days))
+            totals = totals_groups.get(tuple(day)) or self._totals.group(tuple(day))
+            totals.rows.append(tuple(day.values()))
+            totals.meta.append((slot, days))
             for channel, entries in messages.items():
                 if type(entries) is not list:
                     raise BadResponse(f"messages[{channel!r:.60}] must be a list")
@@ -359,11 +358,11 @@ class Flattener:
                     # in tuple() or .values() and is reported below.
                     for entry in entries:
                         keys = tuple(entry)
-                        g = stats_groups.get(keys)
-                        if g is None:
-                            g = new_stats_group(keys)
-                        g.rows.append(tuple(entry.values()))
-                        g.meta.append(meta)
+                        group = stats_groups.get(keys)
+                        if group is None:
+                            group = new_stats_group(keys)
+                        group.rows.append(tuple(entry.values()))
+                        group.meta.append(meta)
                 except (AttributeError, TypeError):
                     raise BadResponse(f"messages[{channel!r:.60}] entries must be objects") from None
                 rows += len(entries)
