@@ -159,8 +159,8 @@ class ExportConfig:
     backoff_max: float = 60.0
     # --- output ---
     checkpoint_interval: float = 5.0
-    checkpoint_rows: int = 65_536
-    row_group_rows: int = 131_072
+    checkpoint_rows: int = 32_768
+    row_group_rows: int = 65_536
     file_rows: int = 4_194_304
     overwrite: bool = False
 

@@ -255,7 +255,9 @@ class _PartitionWriter:
                 self._writer = pq.ParquetWriter(str(self._tmp), TABLES[self._table], compression="zstd")
             self._file_rows = 0
         with storage_errors(f"write {self._path}"):
-            self._writer.write_table(table.combine_chunks(), row_group_size=table.num_rows)
+            # Chunked is fine: the writer streams the chunks into one row group; combining them
+            # first would hold a second copy of the row group in memory.
+            self._writer.write_table(table, row_group_size=table.num_rows)
         self._file_rows += table.num_rows
 
     def abort(self) -> None:
