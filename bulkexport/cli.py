@@ -202,7 +202,8 @@ def _print_partial(exporters: list[Exporter]) -> None:
 
 def _finish(summary: ExportSummary) -> int:
     _print_summary(summary)
-    return EXIT_PARTIAL if summary.status == "partial" else EXIT_OK
+    # A finished run rerun still has its failed pairs missing: the scheduler must see it.
+    return EXIT_PARTIAL if summary.pairs_failed else EXIT_OK
 
 
 _LIBRARY_OPTIONS = (

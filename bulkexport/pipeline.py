@@ -176,8 +176,12 @@ class Exporter:
         pending = state.count(PENDING)
         s.pairs_resumed = state.count(DONE)
         if state.get("phase") == "published" and pending == 0:
-            s.status = "already_complete"
             self._fill_counts(state)
+            if not (self._sink.run_dir / "manifest.json").exists():
+                # A kill between the publish and the manifest: write it now.
+                s.status = "partial" if s.pairs_failed else "complete"
+                self._write_outputs(state)
+            s.status = "already_complete"
             log.info("run %s is already complete; nothing to do (use --overwrite to redo it)", cfg.run_id)
             return s
         removed = self._sink.remove_orphans(state.staged_files())
@@ -200,10 +204,11 @@ class Exporter:
             left = state.count(PENDING)
             if left:  # every worker ended and nothing failed: this would be a bug of ours
                 raise RuntimeError(f"{left} pairs are still pending after the fetch; run again to resume")
-        await self._publish(state)
+        gen, staged = await self._publish(state)
         self._fill_counts(state)
         s.status = "partial" if s.pairs_failed else "complete"
         self._write_outputs(state)
+        self._finish_publish(state, gen, staged)
         log.info(
             "run %s %s: %d exported, %d failed, %d files",
             cfg.run_id,
@@ -529,7 +534,9 @@ class Exporter:
         s.max_in_flight = limiter.stats.max_in_flight
 
     # -- publishing -----------------------------------------------------------------------
-    async def _publish(self, state: RunState) -> None:
+    async def _publish(self, state: RunState) -> tuple[int, set[str]]:
+        """Compact staged parts into the dataset; return the generation and the staged files
+        to remove once the run's outputs are written and the publish is marked done."""
         parts = state.unpublished_parts()
         gen = int(state.get("published_gen") if state.get("published_gen") is not None else -1) + 1
         state.put("phase", "publishing")
@@ -538,12 +545,16 @@ class Exporter:
             await asyncio.to_thread(self._sink.publish, parts, gen, lambda *f: files.append(f))
         for f in files:
             state.record_published(*f)
-        staged = {p.file for p in parts}
+        if files:
+            log.info("published %d file(s) for run %s", len(files), self.cfg.run_id)
+        return gen, {p.file for p in parts}
+
+    def _finish_publish(self, state: RunState, gen: int, staged: set[str]) -> None:
+        """Last step: a crash before it makes the next invocation publish (the same names)
+        and write the manifest again; after it the run is complete."""
         state.mark_published(gen)
         state.put("phase", "published")
         self._sink.remove_staged(staged)
-        if files:
-            log.info("published %d file(s) for run %s", len(files), self.cfg.run_id)
 
     def _fill_counts(self, state: RunState) -> None:
         s = self.summary

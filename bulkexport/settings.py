@@ -83,7 +83,8 @@ OPTIONS: tuple[Option, ...] = (
            "attempts per pair for 5xx, timeouts and bad bodies (default 6; 429s are not counted)",
            group="requests", metavar="N"),
     Option("checkpoint_interval", "--checkpoint-interval", float, 5.0,
-           "seconds between checkpoints: the most work a crash can cost (default 5)", group="requests", metavar="S"),
+           "seconds between checkpoints (default 5): a crash costs about this much work, plus one checkpoint "
+           "write and the requests in flight", group="requests", metavar="S"),
     Option("log_level", "--log-level", str, "info", "log level (default info)", group="logging",
            choices=("debug", "info", "warning", "error")),
     Option("log_format", "--log-format", str, "text", "text for people, json for log shippers (default text)",
