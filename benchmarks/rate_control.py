@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import sys
 import tempfile
 from collections import Counter
 from datetime import UTC, date, datetime
@@ -96,7 +95,8 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def main(smoke: bool) -> int:
+async def main(smoke: bool, quiet: bool = False) -> str:
+    """Run the four scenarios; return the table (printed too unless ``quiet``)."""
     limit, window, reserve = (200, 1.0, 0.1) if smoke else (300, 2.0, 0.1)
     seconds = 3 if smoke else 12
     rows = []
@@ -108,13 +108,16 @@ async def main(smoke: bool) -> int:
                     reserve=reserve, seconds=seconds,
                 )
             )
-    print(f"rate control: limit {limit} per {window:g}s window, reserve {reserve:.0%}, "
-          f"~{seconds}s of windows per scenario")
-    print(render(rows))
-    return 0
+    table = (
+        f"rate control: limit {limit} per {window:g}s window, reserve {reserve:.0%}, "
+        f"~{seconds}s of windows per scenario\n{render(rows)}"
+    )
+    if not quiet:
+        print(table)
+    return table
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
-    sys.exit(asyncio.run(main(parser.parse_args().smoke)))
+    asyncio.run(main(parser.parse_args().smoke))

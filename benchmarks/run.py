@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """bulkexport benchmark suite: one command, one table, ratios measured in the same run.
 
-    python benchmarks/run.py            # full run (~6-8 minutes on 2 shared cores)
-    python benchmarks/run.py --smoke    # tiny sizes, ~30 s; exits non-zero on any error (CI)
+    python benchmarks/run.py            # full run (~4-7 minutes on 2 shared cores)
+    python benchmarks/run.py --smoke    # tiny sizes, ~20 s; exits non-zero on any error (CI)
     python benchmarks/run.py --only core,e2e   # a subset while iterating
 
 Sections (see benchmarks/README.md for what each row measures and how):
@@ -98,7 +98,7 @@ SMOKE = Sizes(
     scale=((500, LENGTH), (2_000, LENGTH)),
     paced_seconds=2.0,
 )
-SECTIONS = ("core", "writer", "e2e", "scale", "paced")
+SECTIONS = ("core", "writer", "e2e", "scale", "paced", "rate")
 
 
 # ------------------------------------------------------------------------------------------
@@ -111,8 +111,21 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process image, in MiB.
+
+    Linux's ``ru_maxrss`` carries the parent's RSS over fork + exec (the kernel keeps the
+    pre-exec high-water mark in ``signal->maxrss``), so a child spawned by a 300 MB parent
+    reports at least 300 MB. ``VmHWM`` belongs to the exec'd image alone; ``ru_maxrss`` is the
+    fallback where /proc is missing.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def current_rss_mb() -> float | None:
@@ -364,17 +377,21 @@ def bench_writer(sizes: Sizes, pairs: list[tuple[str, str]], bodies: list[bytes]
 # Children: one measurement each, in a fresh process
 # ------------------------------------------------------------------------------------------
 class RssSampler:
-    """Samples this process's RSS every ``every`` seconds in a daemon thread."""
+    """Samples this process's RSS (and Arrow's live allocations) every ``every`` seconds."""
 
     def __init__(self, every: float = 0.25) -> None:
         self.samples: list[tuple[float, float]] = []
+        self.arrow_max_mb = 0.0
         self._every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        import pyarrow as pa
+
         t0 = time.perf_counter()
         while not self._stop.wait(self._every):
+            self.arrow_max_mb = max(self.arrow_max_mb, pa.total_allocated_bytes() / 2**20)
             rss = current_rss_mb()
             if rss is not None:
                 self.samples.append((time.perf_counter() - t0, rss))
@@ -435,6 +452,7 @@ def child_bulkexport(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": peak_rss_mb(),
         "rss_first_half_mb": max(first, default=None),
         "rss_second_half_mb": max(second, default=None),
+        "arrow_max_mb": sampler.arrow_max_mb,
     }
 
 
@@ -729,8 +747,9 @@ def build_rows(res: dict[str, Any], sizes: Sizes) -> list[Row]:
             rows.append((f"scale {fmt_int(r['n'])} pairs (lazy generator, length {r['length']}, "
                          f"{r['rows'] / r['pairs']:.0f} rows/pair, 0 ms): peak RSS, wall",
                          f"{r['peak_rss_mb']:.0f} MB, {r['wall']:.1f} s",
-                         f"RSS at start {r['rss_start_mb']:.0f} MB; max 1st/2nd half "
-                         f"{r['rss_first_half_mb'] or 0:.0f}/{r['rss_second_half_mb'] or 0:.0f} MB",
+                         f"RSS at start {r['rss_start_mb']:.0f} MB; sampled max 1st/2nd half "
+                         f"{r['rss_first_half_mb'] or 0:.0f}/{r['rss_second_half_mb'] or 0:.0f} MB; "
+                         f"Arrow live max {r['arrow_max_mb']:.0f} MB",
                          f"{r['requests'] / r['wall']:,.0f} req/s", "≤ 150 MB",
                          verdict(r["peak_rss_mb"] <= 150)))  # fmt: skip
         if len(scale) > 1:
@@ -784,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     res: dict[str, Any] = {}
+    rate_table = ""
     with tempfile.TemporaryDirectory(prefix="bulkexport-bench-") as tmp:
         ctx = Ctx(sizes, Path(tmp))
         try:
@@ -809,6 +829,11 @@ def main(argv: list[str] | None = None) -> int:
             if "paced" in only:
                 log(f"paced {sizes.paced_seconds:.0f} s")
                 res["paced"] = bench_paced(ctx)
+            if "rate" in only:
+                log("rate control (benchmarks/rate_control.py)")
+                import rate_control  # beside this file
+
+                rate_table = asyncio.run(rate_control.main(args.smoke, quiet=True))
         except Exception:
             traceback.print_exc()
             print("benchmark FAILED", file=sys.stderr)
@@ -816,7 +841,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"done in {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2, default=str))
-    print(render(build_rows(res, sizes)))
+    if res:
+        print(render(build_rows(res, sizes)))
+    if "rate" in only:
+        print()
+        print(rate_table)
     return 0
 
 

@@ -22,9 +22,9 @@ from .config import ApiKey, ExportConfig
 from .errors import ConfigError
 from .pairs import iter_items, iter_pair_file
 from .pipeline import Exporter
-from .sink import STATE_DIR
 from .state import DONE, FAILED, RunState
-from .summary import ExportSummary
+from .storage import open_target, state_dir_for
+from .summary import ExportSummary, Progress
 
 __all__ = ["Plan", "export", "export_async", "make_plan"]
 
@@ -68,6 +68,7 @@ async def export_async(
     allow_custom_endpoint: bool = False,
     handle_signals: bool = False,
     on_exporter: Callable[[Exporter], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
     **options: Any,
 ) -> ExportSummary:
     """Export send analytics for ``pairs`` into Hive-partitioned Parquet under ``out``.
@@ -77,10 +78,12 @@ async def export_async(
     ``endpoint`` and ``api_key`` default to ``BRAZE_REST_ENDPOINT`` / ``BRAZE_API_KEY``.
     Other keyword options are the fields of :class:`ExportConfig` (``length``, ``share``,
     ``reserve``, ``concurrency``, ``overwrite``...). With ``handle_signals``, SIGINT and
-    SIGTERM stop the run cleanly (resumable) instead of killing it.
+    SIGTERM stop the run cleanly (resumable) instead of killing it. ``on_progress`` gets a
+    :class:`Progress` snapshot twice a second while fetching (without it, a progress line is
+    logged every 30 seconds).
     """
     cfg = _config(endpoint, api_key, ending_at, run_id, allow_custom_endpoint, options)
-    exporter = Exporter(cfg, out, pairs_format=pairs_format, retry_failed=retry_failed)
+    exporter = Exporter(cfg, out, pairs_format=pairs_format, retry_failed=retry_failed, on_progress=on_progress)
     if on_exporter is not None:
         on_exporter(exporter)
     loop = asyncio.get_running_loop()
@@ -166,7 +169,9 @@ def make_plan(
         finally:
             spool.close()
     done = failed = 0
-    existing = Path(out) / STATE_DIR / "runs" / cfg.run_id / "state.sqlite"
+    existing = state_dir_for(open_target(out), cfg.run_id, Path(cfg.state_dir) if cfg.state_dir else None) / (
+        "state.sqlite"
+    )
     if existing.exists() and not cfg.overwrite:
         state = RunState(existing)
         try:

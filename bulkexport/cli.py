@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
@@ -32,7 +33,7 @@ from .api import export_async, make_plan
 from .errors import AuthError, ConfigError, ExportInterrupted, StorageError
 from .pipeline import Exporter
 from .settings import add_export_options, resolve
-from .summary import ExportSummary
+from .summary import ExportSummary, Progress
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -208,11 +209,53 @@ def _finish(summary: ExportSummary) -> int:
 
 _LIBRARY_OPTIONS = (
     "length", "rate_limit", "share", "reserve", "max_rate", "burst", "concurrency", "request_timeout",
-    "max_attempts", "checkpoint_interval", "overwrite",
+    "max_attempts", "checkpoint_interval", "overwrite", "state_dir",
 )  # fmt: skip
 
 
+class _Bar:
+    """The terminal progress bar (tqdm: ETA, rate and redraw handled by a well-kept library);
+    off a terminal the library logs a progress line every 30 seconds instead."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        # A terminal that reports a 0x0 size (a fresh pty, some CI consoles) gets no bar from
+        # tqdm at all; give it a sane one.
+        size = shutil.get_terminal_size((100, 20))
+        self._bar = tqdm(
+            total=0, unit="pair", file=sys.stderr, leave=True,
+            ncols=size.columns if size.columns > 40 else 100, nrows=size.lines if size.lines > 2 else 20,
+        )  # fmt: skip
+        self._shown = 0
+
+    def __call__(self, p: Progress) -> None:
+        bar = self._bar
+        if bar.total != p.pairs_total:
+            bar.total = p.pairs_total
+        done = p.pairs_done + p.pairs_failed
+        bar.set_postfix_str(
+            f"{p.request_rate:,.1f} req/s, {p.rate_limited} x 429, {p.paused_seconds:.0f}s paused, "
+            f"{p.pairs_failed} failed",
+            refresh=False,
+        )
+        bar.update(done - self._shown)
+        self._shown = done
+
+    def close(self) -> None:
+        self._bar.close()
+
+
 async def _export(settings: dict[str, Any], exporters: list[Exporter]) -> ExportSummary:
+    bar = _Bar() if sys.stderr.isatty() else None
+    try:
+        return await _run_export(settings, exporters, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+async def _run_export(settings: dict[str, Any], exporters: list[Exporter], bar: _Bar | None) -> ExportSummary:
     return await export_async(
         settings["pairs"],
         settings["out"],
@@ -225,6 +268,7 @@ async def _export(settings: dict[str, Any], exporters: list[Exporter]) -> Export
         allow_custom_endpoint=settings["allow_custom_endpoint"],
         handle_signals=True,
         on_exporter=exporters.append,
+        on_progress=bar,
         **{k: settings[k] for k in _LIBRARY_OPTIONS},
     )
 

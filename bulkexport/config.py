@@ -163,6 +163,8 @@ class ExportConfig:
     row_group_rows: int = 65_536
     file_rows: int = 4_194_304
     overwrite: bool = False
+    #: local folder for run state when the output is an object store (default ~/.cache/bulkexport)
+    state_dir: str | None = None
 
     @property
     def rate(self) -> float:

@@ -292,7 +292,7 @@ class RateController:
             )
         self._pause(wait, loop, jitter_share=0.02)
         self._ramp_from = self._paused_until
-        self._ramp_seconds = min(10.0, self._window / 10)
+        self._ramp_seconds = min(10.0, self._window / 4)
 
     def _pause(self, seconds: float, loop: asyncio.AbstractEventLoop, jitter_share: float = 0.005) -> None:
         """Nobody starts a request for ``seconds`` (capped) plus a little jitter, which keeps

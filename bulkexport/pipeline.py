@@ -26,7 +26,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,9 +50,10 @@ from .errors import (
 from .flatten import Flattener
 from .limiter import RateController
 from .pairs import Pair, iter_items, iter_pair_file, pair_from_item
-from .sink import Sink, storage_errors
+from .sink import Sink
 from .state import DONE, FAILED, PENDING, RunState
-from .summary import ExportSummary
+from .storage import open_target
+from .summary import ExportSummary, Progress
 
 __all__ = ["Exporter"]
 
@@ -115,14 +116,25 @@ class Exporter:
         pairs_format: str | None = None,
         retry_failed: bool = False,
         progress_interval: float = 30.0,
+        on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.out = Path(out)
+        self.out = str(out)
         self._pairs_format = pairs_format
         self._retry_failed = retry_failed
-        self._progress_interval = progress_interval
-        self._sink = Sink(self.out, cfg.run_id, row_group_rows=cfg.row_group_rows, file_rows=cfg.file_rows)
-        self.summary = ExportSummary(run_id=cfg.run_id, out=str(self.out))
+        # Without a callback, a log line every ``progress_interval`` seconds (cron logs);
+        # with one (a progress bar on a terminal), a snapshot twice a second.
+        self._on_progress = on_progress
+        self._progress_interval = progress_interval if on_progress is None else 0.5
+        self._client: BrazeClient | None = None
+        self._ok = 0  # pairs exported this session
+        self._failed = 0  # pairs failed for good this session
+        self._failed_before = 0  # ... and in earlier sessions
+        self._sink = Sink(
+            open_target(out), cfg.run_id, row_group_rows=cfg.row_group_rows, file_rows=cfg.file_rows,
+            state_root=Path(cfg.state_dir) if cfg.state_dir else None,
+        )
+        self.summary = ExportSummary(run_id=cfg.run_id, out=self.out)
         self._stop = asyncio.Event()
         self._stopping = False
         # Filled in by run():
@@ -164,6 +176,14 @@ class Exporter:
 
     async def _run(self, source: Any) -> ExportSummary:
         cfg, s = self.cfg, self.summary
+        if (
+            not cfg.overwrite
+            and not (self._sink.run_dir / "state.sqlite").exists()
+            and self._sink.published_elsewhere()
+        ):
+            s.status = "already_complete"
+            log.info("run %s is already complete in %s (finished on another machine)", cfg.run_id, self.out)
+            return s
         state = self._open_state()
         await self._ingest(state, source)
         s.pairs_total = state.count()
@@ -306,6 +326,9 @@ class Exporter:
         fatal: BaseException | None = None
         try:
             async with BrazeClient(cfg, limiter) as client:
+                self._client = client
+                self._failed_before = state.count(FAILED)
+                progress = asyncio.create_task(self._progress_loop(started))
                 feeder = asyncio.create_task(self._feed(state, queue))
                 workers = [asyncio.create_task(self._work(queue, client)) for _ in range(cfg.concurrency)]
                 ckpt = asyncio.create_task(self._checkpoint_loop())
@@ -316,7 +339,10 @@ class Exporter:
                         t.cancel()
                     await asyncio.gather(feeder, *workers, return_exceptions=True)
                     ckpt.cancel()
-                    await asyncio.gather(ckpt, return_exceptions=True)
+                    progress.cancel()
+                    await asyncio.gather(ckpt, progress, return_exceptions=True)
+                    if self._on_progress is not None:
+                        self._on_progress(self.progress(started))  # the bar ends at the real count
                     self._account(client, limiter, started)
         finally:
             # Whatever ended the fetch, commit what is complete so a resume skips it.
@@ -405,6 +431,7 @@ class Exporter:
         try:
             # The common case, a first attempt that works, skips the retry machinery.
             await self._attempt(pid, pair, client)
+            self._ok += 1
             return
         except RetryableError as exc:
             if attempts.count(exc):
@@ -430,9 +457,11 @@ class Exporter:
             self.summary.retries += attempts.total
             self._record_failure(pid, pair, exc, attempts.total + 1)
         else:
+            self._ok += 1
             self.summary.retries += attempts.total
 
     def _record_failure(self, pid: int, pair: Pair, exc: AttemptError, attempts: int) -> None:
+        self._failed += 1
         when = datetime.now(UTC).isoformat(timespec="seconds")
         self._buf_failed.append((pid, exc.status, exc.reason, attempts, when))
         log.warning(
@@ -453,6 +482,7 @@ class Exporter:
         self._buf_done.extend(fb.done)
         when = datetime.now(UTC).isoformat(timespec="seconds")
         for token, reason in fb.rejected.items():
+            self._ok, self._failed = self._ok - 1, self._failed + 1
             self._buf_failed.append((token, 200, reason, 1, when))
             log.warning("pair %d rejected: %s", token, reason)
         new = (fb.unknown_fields | {f"channel:{c}" for c in fb.unknown_channels}) - self._unknown
@@ -467,7 +497,6 @@ class Exporter:
     # -- checkpoints ----------------------------------------------------------------------
     async def _checkpoint_loop(self) -> None:
         cfg = self.cfg
-        last_progress = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ckpt_wake.wait(), timeout=cfg.checkpoint_interval)
@@ -476,9 +505,6 @@ class Exporter:
             # checkpoint between its file write and its commit (the final checkpoint waits
             # for it on the lock).
             await asyncio.shield(self._checkpoint())
-            if time.monotonic() - last_progress >= self._progress_interval:
-                last_progress = time.monotonic()
-                self._log_progress()
 
     async def _checkpoint(self) -> None:
         """Write what is complete and mark its pairs done, in that order."""
@@ -497,29 +523,51 @@ class Exporter:
             self._seq += 1
             self._ckpt_drained.set()
             try:
-                parts = await asyncio.to_thread(self._sink.write_checkpoint, seq, tables)
-                state.commit_checkpoint(seq, parts, done, failed)
+                # File write, fsync and the SQLite commit (another fsync) all off the event
+                # loop: a slow disk must not stall requests in flight.
+                await asyncio.to_thread(self._write_and_commit, state, seq, tables, done, failed)
             except StorageError:
                 self.request_stop()
                 raise
             log.debug("checkpoint %d: %d pairs, %d rows", seq, len(done), rows)
 
-    def _log_progress(self) -> None:
-        st = self._state
-        lim = self._limiter
-        if st is None or lim is None:
-            return
-        s = self.summary
-        log.info(
-            "progress: %d/%d pairs done, %d failed, %d requests, %d x 429, %.0fs paused, pace %.1f req/s",
-            st.count(DONE),
-            s.pairs_total,
-            st.count(FAILED),
-            s.requests,
-            lim.stats.rate_limited,
-            lim.stats.paused_seconds,
-            lim.target_rate,
+    def _write_and_commit(
+        self,
+        state: RunState,
+        seq: int,
+        tables: dict[str, list[pa.RecordBatch]],
+        done: list[int],
+        failed: list[tuple[int, int | None, str, int, str]],
+    ) -> None:
+        parts = self._sink.write_checkpoint(seq, tables)
+        state.commit_checkpoint(seq, parts, done, failed)
+
+    def progress(self, started: float) -> Progress:
+        """A snapshot of the fetch (counts include pairs not yet committed)."""
+        s, lim, client = self.summary, self._limiter, self._client
+        return Progress(
+            pairs_total=s.pairs_total,
+            pairs_done=s.pairs_resumed + self._ok,
+            pairs_failed=self._failed_before + self._failed,
+            requests=client.requests if client else 0,
+            rate_limited=lim.stats.rate_limited if lim else 0,
+            paused_seconds=lim.stats.paused_seconds if lim else 0.0,
+            pace=lim.target_rate if lim else 0.0,
+            elapsed=time.monotonic() - started,
         )
+
+    async def _progress_loop(self, started: float) -> None:
+        while True:
+            await asyncio.sleep(self._progress_interval)
+            p = self.progress(started)
+            if self._on_progress is not None:
+                self._on_progress(p)
+                continue
+            log.info(
+                "progress: %d/%d pairs done, %d failed, %d requests (%.1f/s), %d x 429, %.0fs paused",
+                p.pairs_done, p.pairs_total, p.pairs_failed, p.requests, p.request_rate,
+                p.rate_limited, p.paused_seconds,
+            )
 
     def _account(self, client: BrazeClient, limiter: RateController, started: float) -> None:
         s = self.summary
@@ -581,12 +629,7 @@ class Exporter:
             }
             for f in state.failures()
         ]
-        path = sink.run_dir / "failures.jsonl"
-        with storage_errors(f"write {path}"):
-            tmp = path.with_name(".failures.jsonl.tmp")
-            tmp.write_bytes(b"".join(orjson.dumps(f) + b"\n" for f in failures))
-            tmp.replace(path)
-        s.failures_file = str(path)
+        s.failures_file = sink.write_bytes("failures.jsonl", b"".join(orjson.dumps(f) + b"\n" for f in failures))
         manifest = {
             "manifest_version": _MANIFEST_VERSION,
             "bulkexport_version": __version__,
@@ -602,4 +645,4 @@ class Exporter:
             "failures": failures[:1000],
             "failures_total": len(failures),
         }
-        s.manifest = str(sink.write_json("manifest.json", manifest))
+        s.manifest = sink.write_json("manifest.json", manifest)

@@ -9,19 +9,23 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from .schema import TABLES, partitioning
+from .storage import open_target
 
 __all__ = ["dataset", "read_table"]
 
 
 def dataset(out: str | Path, table: str = "send_stats") -> ds.Dataset:
-    """A pyarrow dataset over one output table, with ``date`` typed ``date32``.
+    """A pyarrow dataset over one output table (a folder or an object-store URI), with
+    ``date`` typed ``date32``.
 
     Hidden (``.``) and state (``_``) files are ignored, as every Hive-style reader does.
     """
     if table not in TABLES:
         raise ValueError(f"table must be one of {sorted(TABLES)}, got {table!r}")
+    target = open_target(out)
     return ds.dataset(
-        Path(out) / table,
+        target.path(table),
+        filesystem=target.filesystem,
         format="parquet",
         schema=TABLES[table].append(pa.field("date", pa.date32())),
         partitioning=partitioning(),

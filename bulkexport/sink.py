@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from .errors import StorageError
 from .schema import DATE, TABLES
 from .state import PartRecord
+from .storage import Target, fsync_path, state_dir_for
 
 __all__ = ["STATE_DIR", "Sink"]
 
@@ -59,40 +60,39 @@ def storage_errors(what: str) -> Iterator[None]:
         raise StorageError(f"cannot {what}: {exc}") from exc
 
 
-def _fsync_path(path: Path, *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _commit_file(tmp: Path, final: Path) -> None:
-    """Make ``tmp`` durable and visible as ``final`` in one atomic step."""
-    _fsync_path(tmp)
+    """Make ``tmp`` durable and visible as ``final`` in one atomic step (local state)."""
+    fsync_path(tmp)
     os.replace(tmp, final)
-    _fsync_path(final.parent, directory=True)
+    fsync_path(final.parent, directory=True)
 
 
 class Sink:
-    """The on-disk layout of one run under one output root (local filesystem)."""
+    """The layout of one run: local state and staging, and the dataset's target."""
 
-    __slots__ = ("file_rows", "out", "row_group_rows", "run_dir", "run_id", "staging")
+    __slots__ = ("file_rows", "row_group_rows", "run_dir", "run_id", "staging", "target")
 
-    def __init__(self, out: Path, run_id: str, *, row_group_rows: int, file_rows: int) -> None:
-        self.out = out  # dataset root
+    def __init__(
+        self, target: Target, run_id: str, *, row_group_rows: int, file_rows: int, state_root: Path | None = None
+    ) -> None:
+        self.target = target  # dataset root: local folder or object store
         self.run_id = run_id  # validated: safe in file names
-        self.run_dir = out / STATE_DIR / "runs" / run_id  # state, staging, manifest
+        self.run_dir = state_dir_for(target, run_id, state_root)  # state, staging, manifest (local)
         self.staging = self.run_dir / "staging"  # checkpoint files
         self.row_group_rows = row_group_rows  # rows per Parquet row group
         self.file_rows = file_rows  # rows per Parquet file, at most
 
     def prepare(self) -> None:
-        with storage_errors(f"create the output folder {self.out}"):
+        with storage_errors(f"create the run state folder {self.run_dir}"):
             self.staging.mkdir(parents=True, exist_ok=True)
             probe = self.staging / f".probe{_TMP_SUFFIX}"
             probe.write_bytes(b"")
             probe.unlink()
+        with storage_errors(f"use the output {self.target.uri}"):
+            if self.target.local:
+                self.target.make_dir("")
+            else:
+                self.target.list_names("")  # fails now, not after the fetch, on bad credentials
 
     def remove_orphans(self, keep: set[str]) -> int:
         """Delete staged files no committed checkpoint refers to (a crash between write and
@@ -151,9 +151,16 @@ class Sink:
         writes the same names, which atomically replace what the first attempt left."""
         counters: dict[str, int] = {}
         for (table, day), group in groupby(parts, key=lambda p: (p.table, p.date)):
-            directory = self.out / table / f"{DATE}={day}"
-            with storage_errors(f"create {directory}"):
-                directory.mkdir(parents=True, exist_ok=True)
+            directory = f"{table}/{DATE}={day}"
+            with storage_errors(f"create {self.target.path(directory)}"):
+                self.target.make_dir(directory)
+                if not self.target.local:
+                    # No rename on object stores: objects of this generation left by an
+                    # interrupted publish (possibly on another machine) go before we write.
+                    prefix = f"part-{self.run_id}-{gen}-"
+                    for name in self.target.list_names(directory):
+                        if name.startswith(prefix):
+                            self.target.delete(f"{directory}/{name}")
             writer = _PartitionWriter(self, directory, table, day, gen, counters, on_file)
             try:
                 for part in group:
@@ -175,20 +182,39 @@ class Sink:
             for name in files:
                 (self.staging / name).unlink(missing_ok=True)
 
-    def write_json(self, name: str, doc: object) -> Path:
-        """Write a small JSON document (manifest) atomically next to the run state."""
+    def write_bytes(self, name: str, data: bytes) -> str:
+        """Write a small run document (manifest, failures) atomically next to the run state,
+        and next to the data when that is an object store; return where readers find it."""
         final = self.run_dir / name
         tmp = self.run_dir / f".{name}{_TMP_SUFFIX}"
         with storage_errors(f"write {final}"):
-            tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+            tmp.write_bytes(data)
             _commit_file(tmp, final)
-        return final
+        if self.target.local:
+            return str(final)
+        rel = f"{STATE_DIR}/runs/{self.run_id}/{name}"
+        with storage_errors(f"write {self.target.path(rel)}"):
+            self.target.put_bytes(rel, data)
+        return f"{self.target.uri.rstrip('/')}/{rel}"
+
+    def write_json(self, name: str, doc: object) -> str:
+        return self.write_bytes(name, orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+
+    def published_elsewhere(self) -> bool:
+        """An object-store run finished on another machine: its manifest is next to the data."""
+        if self.target.local:
+            return False
+        with storage_errors(f"read {self.target.uri}"):
+            return self.target.exists(f"{STATE_DIR}/runs/{self.run_id}/manifest.json")
 
     def remove_run(self, published: list[str]) -> None:
         """``--overwrite``: delete a run's published files and its state."""
         with storage_errors("remove the earlier run"):
             for rel in published:
-                (self.out / rel).unlink(missing_ok=True)
+                self.target.delete(rel)
+            if not self.target.local:
+                for name in ("manifest.json", "failures.jsonl"):
+                    self.target.delete(f"{STATE_DIR}/runs/{self.run_id}/{name}")
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
@@ -203,7 +229,7 @@ class _PartitionWriter:
     def __init__(
         self,
         sink: Sink,
-        directory: Path,
+        directory: str,
         table: str,
         day: str,
         gen: int,
@@ -211,7 +237,7 @@ class _PartitionWriter:
         on_file: Callable[[str, str, str, int, int], None],
     ) -> None:
         self._sink = sink  # sizes, run id, output root
-        self._dir = directory  # the partition folder
+        self._dir = directory  # the partition folder, relative to the target
         self._table = table  # table name
         self._day = day  # partition value
         self._gen = gen  # publish generation, part of file names
@@ -220,7 +246,7 @@ class _PartitionWriter:
         self._buffer: list[pa.RecordBatch] = []  # rows not yet written
         self._buffered = 0  # rows in _buffer
         self._writer: pq.ParquetWriter | None = None  # open file, if any
-        self._path: Path | None = None  # its final name
+        self._path: str | None = None  # its final name, relative to the target
         self._tmp: Path | None = None  # its temporary name
         self._file_rows = 0  # rows in the open file
 
@@ -249,8 +275,12 @@ class _PartitionWriter:
             n = self._counters.get(self._table, 0)
             self._counters[self._table] = n + 1
             name = f"part-{self._sink.run_id}-{self._gen}-{n:05d}.parquet"
-            self._path = self._dir / name
-            self._tmp = self._dir / f".{name}{_TMP_SUFFIX}"
+            self._path = f"{self._dir}/{name}"
+            target = self._sink.target
+            # Locally, a hidden file beside its final name (rename is atomic within a folder);
+            # for an object store, a local file that is uploaded whole once complete.
+            folder = target.local_path(self._dir) if target.local else self._sink.run_dir
+            self._tmp = folder / f".{name}{_TMP_SUFFIX}"
             with storage_errors(f"write {self._path}"):
                 self._writer = pq.ParquetWriter(str(self._tmp), TABLES[self._table], compression="zstd")
             self._file_rows = 0
@@ -273,10 +303,8 @@ class _PartitionWriter:
         if self._writer is None:
             return
         assert self._path is not None and self._tmp is not None
-        with storage_errors(f"write {self._path}"):
+        with storage_errors(f"write {self._sink.target.path(self._path)}"):
             self._writer.close()
-            _commit_file(self._tmp, self._path)
-            size = self._path.stat().st_size
-        rel = self._path.relative_to(self._sink.out).as_posix()
-        self._on_file(rel, self._table, self._day, self._file_rows, size)
+            size = self._sink.target.publish_file(self._tmp, self._path)
+        self._on_file(self._path, self._table, self._day, self._file_rows, size)
         self._writer = None

@@ -185,18 +185,26 @@ class RunState:
         return int(row[0])
 
     def pending(self, page: int = 1000) -> Iterator[tuple[int, Pair]]:
-        """Pairs not yet done or failed, in input order, a page at a time."""
-        last = 0
-        while True:
-            rows = self._db.execute(
-                "SELECT id, campaign_id, send_id FROM pairs WHERE status = 0 AND id > ? ORDER BY id LIMIT ?",
-                (last, page),
-            ).fetchall()
-            if not rows:
-                return
-            for pid, cid, sid in rows:
-                yield pid, Pair(cid, sid)
-            last = rows[-1][0]
+        """Pairs not yet done or failed, in input order, a page at a time.
+
+        Reads through a connection of its own: checkpoints commit from a worker thread on the
+        main connection while this runs on the event loop (WAL lets both proceed).
+        """
+        reader = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            last = 0
+            while True:
+                rows = reader.execute(
+                    "SELECT id, campaign_id, send_id FROM pairs WHERE status = 0 AND id > ? ORDER BY id LIMIT ?",
+                    (last, page),
+                ).fetchall()
+                if not rows:
+                    return
+                for pid, cid, sid in rows:
+                    yield pid, Pair(cid, sid)
+                last = rows[-1][0]
+        finally:
+            reader.close()
 
     def reset_failed(self) -> int:
         """Make failed pairs pending again (``--retry-failed``); return how many."""

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ExportSummary", "Status"]
+__all__ = ["ExportSummary", "Progress", "Status"]
 
 #: ``complete``: every pair exported. ``partial``: finished, some pairs failed for good.
 #: ``already_complete``: the run id was finished before; nothing was fetched.
@@ -71,3 +71,21 @@ class ExportSummary:
             f"rate       {self.request_rate:,.1f} requests/s achieved "
             f"(paced at {self.base_rate:,.1f}/s; limit {limit})",
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot while fetching, for progress bars and log lines."""
+
+    pairs_total: int
+    pairs_done: int  # exported, this session and before
+    pairs_failed: int  # failed for good, this session and before
+    requests: int  # this session
+    rate_limited: int  # 429s this session
+    paused_seconds: float
+    pace: float  # requests per second the limiter allows right now
+    elapsed: float  # seconds since the fetch started
+
+    @property
+    def request_rate(self) -> float:
+        return self.requests / self.elapsed if self.elapsed > 0 else 0.0
