@@ -1,0 +1,127 @@
+"""Object storage: the same guarantees on S3, against a real S3 API server on loopback
+(moto's standalone server, started and stopped here), not a mock of any client."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+import bulkexport
+from bulkexport.simulator import Simulator
+
+from .conftest import pairs_for, run
+from .test_export import _check_equal
+from .test_resume import EXIT_OK, RUN_ID, Cli, write_pairs
+
+BUCKET = "lake"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pafs.S3FileSystem]:
+    """A moto S3 server on loopback with one bucket; credentials through the standard
+    environment, as a user would set them."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.05)
+        endpoint = f"http://127.0.0.1:{port}"
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint, "BULKEXPORT_STATE_DIR": str(tmp_path / "state"),
+        }.items():  # fmt: skip
+            monkeypatch.setenv(name, value)
+        fs = pafs.S3FileSystem(endpoint_override=endpoint, region="us-east-1", allow_bucket_creation=True)
+        fs.create_dir(BUCKET)
+        yield fs
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _objects(fs: pafs.S3FileSystem, prefix: str) -> dict[str, int]:
+    infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    return {i.path: i.size for i in infos if i.type == pafs.FileType.File}
+
+
+async def test_export_to_s3_and_read_back(s3: pafs.S3FileSystem, sim: Simulator, tmp_path: Path) -> None:
+    sim.extras = True
+    pairs = pairs_for(150)
+    out = f"s3://{BUCKET}/braze"
+    summary = await run(sim, pairs, out)
+    assert summary.status == "complete" and summary.pairs_done == 150
+    _check_equal(out, sim, pairs)  # type: ignore[arg-type]
+    objects = _objects(s3, f"{BUCKET}/braze")
+    data = [p for p in objects if "/_bulkexport/" not in p]
+    assert data and all(p.rsplit("/", 1)[1].startswith(f"part-{RUN_ID}-0-") for p in data)
+    assert len(data) == summary.files
+    assert f"{BUCKET}/braze/_bulkexport/runs/{RUN_ID}/manifest.json" in objects
+    assert summary.manifest == f"{out}/_bulkexport/runs/{RUN_ID}/manifest.json"
+    # The state stayed on local disk, and a rerun is a no-op.
+    assert list((tmp_path / "state").rglob("state.sqlite"))
+    requests = sim.stats.requests
+    again = await run(sim, pairs, out)
+    assert again.status == "already_complete" and sim.stats.requests == requests
+
+
+async def test_finished_elsewhere_is_not_redone(s3: pafs.S3FileSystem, sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(30)
+    out = f"s3://{BUCKET}/other"
+    await run(sim, pairs, out)
+    requests = sim.stats.requests
+    # Another worker VM: no local state, but the run's manifest is next to the data.
+    again = await run(sim, pairs, out, state_dir=str(tmp_path / "fresh-vm"))
+    assert again.status == "already_complete"
+    assert sim.stats.requests == requests
+
+
+async def test_kill9_and_resume_on_s3_equals_uninterrupted(
+    s3: pafs.S3FileSystem, sim: Simulator, tmp_path: Path
+) -> None:
+    sim.latency = 0.02
+    pairs = pairs_for(300)
+    out = f"s3://{BUCKET}/killed"
+    cli = Cli(sim, write_pairs(tmp_path / "pairs.csv", pairs), out, tmp_path / "logs")  # type: ignore[arg-type]
+
+    async def mid_fetch() -> bool:
+        return sim.stats.requests >= 120
+
+    async def publishing() -> bool:
+        return any("/send_stats/" in p for p in _objects(s3, f"{BUCKET}/killed"))
+
+    first = await cli.run_until(mid_fetch)
+    assert first.rc == -9
+    assert not _objects(s3, f"{BUCKET}/killed")  # nothing visible before the run publishes
+    second = await cli.run_until(publishing)
+    assert second.rc == -9 and second.requests < 300  # committed pairs were not refetched
+    final = await cli.run()
+    assert final.rc == EXIT_OK, final.stderr
+    _check_equal(out, sim, pairs)  # type: ignore[arg-type]
+    assert sum(a.requests for a in cli.attempts) <= 300 * 1.5
+    names = [p.rsplit("/", 1)[1] for p in _objects(s3, f"{BUCKET}/killed") if "/_bulkexport/" not in p]
+    assert all(n.startswith("part-") and n.endswith(".parquet") for n in names)  # no temporary objects
+    table = bulkexport.read_table(out, "send_totals")
+    assert table.num_rows == len({(r["campaign_id"], r["send_id"], r["date"]) for r in table.to_pylist()})
