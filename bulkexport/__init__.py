@@ -7,10 +7,11 @@ Public surface (everything else is private and may change)::
     summary = await bulkexport.export_async("pairs.csv", "out/", endpoint=..., api_key=...)
     summary = bulkexport.export(pairs_iterable, "out/")         # blocking, for schedulers
     table = bulkexport.read_table("out/", "send_stats")          # read back, date typed
+    async for table, batch in bulkexport.stream_batches(pairs):   # Arrow batches, own sink
 """
 
 from ._version import __version__
-from .api import export, export_async
+from .api import BatchStream, export, export_async, make_plan, stream_batches
 from .config import ApiKey, ExportConfig
 from .errors import (
     AuthError,
@@ -27,6 +28,7 @@ from .summary import ExportSummary
 __all__ = [
     "ApiKey",
     "AuthError",
+    "BatchStream",
     "BulkExportError",
     "ConfigError",
     "ExportConfig",
@@ -39,5 +41,7 @@ __all__ = [
     "dataset",
     "export",
     "export_async",
+    "make_plan",
     "read_table",
+    "stream_batches",
 ]

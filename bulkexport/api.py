@@ -11,7 +11,7 @@ import asyncio
 import os
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +26,7 @@ from .state import DONE, FAILED, RunState
 from .storage import open_target, state_dir_for
 from .summary import ExportSummary, Progress
 
-__all__ = ["Plan", "export", "export_async", "make_plan"]
+__all__ = ["BatchStream", "Plan", "export", "export_async", "make_plan", "stream_batches"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -194,3 +194,60 @@ def make_plan(
         window_seconds=cfg.window,
         estimated_seconds=seconds,
     )
+
+
+class BatchStream:
+    """``async for table, batch in stream``: Arrow record batches of ``send_stats`` and
+    ``send_totals`` (the in-memory schema, ``date`` included) for callers with their own sink.
+
+    The same engine as :func:`export_async` (pacing, retries, de-duplication through an
+    on-disk spool, failures recorded), without Parquet output and without resume: the
+    spool lives in a temporary folder for the life of the iteration. ``summary`` is set
+    once the iteration ends. Breaking out of the loop stops the export.
+    """
+
+    def __init__(self, pairs: Any, cfg: ExportConfig, pairs_format: str | None) -> None:
+        self._pairs = pairs
+        self._cfg = cfg
+        self._pairs_format = pairs_format
+        self.summary: ExportSummary | None = None
+
+    async def __aiter__(self) -> AsyncIterator[tuple[str, Any]]:
+        queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue(maxsize=4)
+
+        async def sink(table: str, batch: Any) -> None:
+            await queue.put((table, batch))  # bounded: a slow consumer slows the export
+
+        with tempfile.TemporaryDirectory(prefix="bulkexport-stream-") as tmp:
+            exporter = Exporter(self._cfg, tmp, pairs_format=self._pairs_format, batch_sink=sink)
+
+            async def produce() -> None:
+                try:
+                    self.summary = await exporter.run(self._pairs)
+                finally:
+                    await queue.put(None)
+
+            task = asyncio.create_task(produce())
+            try:
+                while (item := await queue.get()) is not None:
+                    yield item
+                await task  # re-raises what ended the export
+            finally:
+                if not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+
+
+def stream_batches(
+    pairs: Any,
+    *,
+    endpoint: str | None = None,
+    api_key: str | ApiKey | None = None,
+    ending_at: datetime | str | None = None,
+    pairs_format: str | None = None,
+    allow_custom_endpoint: bool = False,
+    **options: Any,
+) -> BatchStream:
+    """Export into Arrow record batches instead of Parquet; see :class:`BatchStream`."""
+    cfg = _config(endpoint, api_key, ending_at, "stream", allow_custom_endpoint, options)
+    return BatchStream(pairs, cfg, pairs_format)

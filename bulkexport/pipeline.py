@@ -26,7 +26,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -117,9 +117,12 @@ class Exporter:
         retry_failed: bool = False,
         progress_interval: float = 30.0,
         on_progress: Callable[[Progress], None] | None = None,
+        batch_sink: Callable[[str, pa.RecordBatch], Awaitable[None]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.out = str(out)
+        # With a batch sink, rows go to the caller at each checkpoint instead of to Parquet.
+        self._batch_sink = batch_sink
         self._pairs_format = pairs_format
         self._retry_failed = retry_failed
         # Without a callback, a log line every ``progress_interval`` seconds (cron logs);
@@ -523,6 +526,12 @@ class Exporter:
             self._seq += 1
             self._ckpt_drained.set()
             try:
+                if self._batch_sink is not None:
+                    for name, batches in tables.items():
+                        for batch in batches:
+                            if batch.num_rows:
+                                await self._batch_sink(name, batch)
+                    tables = {}
                 # File write, fsync and the SQLite commit (another fsync) all off the event
                 # loop: a slow disk must not stall requests in flight.
                 await asyncio.to_thread(self._write_and_commit, state, seq, tables, done, failed)
