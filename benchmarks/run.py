@@ -316,6 +316,7 @@ def bench_writer(sizes: Sizes, pairs: list[tuple[str, str]], bodies: list[bytes]
     from bulkexport.config import ExportConfig
     from bulkexport.flatten import Flattener
     from bulkexport.sink import Sink
+    from bulkexport.storage import open_target
 
     defaults = {f.name: f.default for f in dataclasses.fields(ExportConfig)}
     # Batches exactly as the pipeline buffers them: a build every 128 responses, a checkpoint
@@ -338,7 +339,9 @@ def bench_writer(sizes: Sizes, pairs: list[tuple[str, str]], bodies: list[bytes]
     rows = sum(b.num_rows for ck in checkpoints for batches in ck.values() for b in batches)
     tmp = Path(tempfile.mkdtemp(prefix="bulkexport-bench-writer-"))
     try:
-        sink = Sink(tmp, "bench", row_group_rows=defaults["row_group_rows"], file_rows=defaults["file_rows"])
+        sink = Sink(
+            open_target(tmp), "bench", row_group_rows=defaults["row_group_rows"], file_rows=defaults["file_rows"]
+        )
         sink.prepare()
         gc.collect()
         t0 = time.perf_counter()

@@ -255,36 +255,33 @@ async def _export(settings: dict[str, Any], exporters: list[Exporter]) -> Export
             bar.close()
 
 
+def _library_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that the library entry points take as keywords."""
+    return {
+        "endpoint": settings["endpoint"],
+        "api_key": settings["api_key"],
+        "ending_at": settings["ending_at"],
+        "run_id": settings["run_id"],
+        "pairs_format": settings["pairs_format"],
+        "allow_custom_endpoint": settings["allow_custom_endpoint"],
+        **{k: settings[k] for k in _LIBRARY_OPTIONS},
+    }
+
+
 async def _run_export(settings: dict[str, Any], exporters: list[Exporter], bar: _Bar | None) -> ExportSummary:
     return await export_async(
         settings["pairs"],
         settings["out"],
-        endpoint=settings["endpoint"],
-        api_key=settings["api_key"],
-        ending_at=settings["ending_at"],
-        run_id=settings["run_id"],
-        pairs_format=settings["pairs_format"],
         retry_failed=settings["retry_failed"],
-        allow_custom_endpoint=settings["allow_custom_endpoint"],
         handle_signals=True,
         on_exporter=exporters.append,
         on_progress=bar,
-        **{k: settings[k] for k in _LIBRARY_OPTIONS},
+        **_library_kwargs(settings),
     )
 
 
 def _dry_run(settings: dict[str, Any]) -> int:
-    plan = make_plan(
-        settings["pairs"],
-        settings["out"],
-        endpoint=settings["endpoint"],
-        api_key=settings["api_key"],
-        ending_at=settings["ending_at"],
-        run_id=settings["run_id"],
-        pairs_format=settings["pairs_format"],
-        allow_custom_endpoint=settings["allow_custom_endpoint"],
-        **{k: settings[k] for k in _LIBRARY_OPTIONS},
-    )
+    plan = make_plan(settings["pairs"], settings["out"], **_library_kwargs(settings))
     for line in plan.lines():
         print(line)
     return EXIT_OK

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = ["DONE", "FAILED", "PENDING", "Failure", "PartRecord", "RunState"]
 
 PENDING, DONE, FAILED = 0, 1, 2
 _SCHEMA_VERSION = 1
+_UPSERT_META = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -117,11 +119,24 @@ class RunState:
         return None if row is None else orjson.loads(row[0])
 
     def put(self, key: str, value: Any) -> None:
-        self._write(
-            "INSERT INTO meta(key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, orjson.dumps(value).decode()),
-        )
+        self._write(_UPSERT_META, (key, orjson.dumps(value).decode()))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: committed as a whole, rolled back on any error, and SQLite's
+        errors (disk full, read-only) reported as :class:`StorageError`."""
+        try:
+            self._db.execute("BEGIN")
+            yield self._db
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _write(self, sql: str, args: tuple[Any, ...] = ()) -> None:
         try:
@@ -208,15 +223,10 @@ class RunState:
 
     def reset_failed(self) -> int:
         """Make failed pairs pending again (``--retry-failed``); return how many."""
-        try:
-            self._db.execute("BEGIN")
-            cur = self._db.execute("UPDATE pairs SET status = 0 WHERE status = 2")
-            self._db.execute("DELETE FROM failures")
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
-            raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
-        return cur.rowcount
+        with self._transaction() as db:
+            n = db.execute("UPDATE pairs SET status = 0 WHERE status = 2").rowcount
+            db.execute("DELETE FROM failures")
+        return n
 
     # -- checkpoints ------------------------------------------------------------------------
     def commit_checkpoint(
@@ -227,30 +237,18 @@ class RunState:
         failed: list[tuple[int, int | None, str, int, str]],
     ) -> None:
         """Make one checkpoint durable: its staged parts, and the pairs they complete."""
-        try:
-            self._db.execute("BEGIN")
-            self._db.executemany(
+        with self._transaction() as db:
+            db.executemany(
                 "INSERT INTO parts(seq, tbl, date, batch, rows, file) VALUES (?, ?, ?, ?, ?, ?)",
                 [(p.seq, p.table, p.date, p.batch, p.rows, p.file) for p in parts],
             )
-            self._db.executemany(
-                "UPDATE pairs SET status = 1, seq = ? WHERE id = ?", [(seq, i) for i in done]
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO failures(pair_id, status, message, attempts, failed_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+            db.executemany("UPDATE pairs SET status = 1, seq = ? WHERE id = ?", [(seq, i) for i in done])
+            db.executemany(
+                "INSERT OR REPLACE INTO failures(pair_id, status, message, attempts, failed_at) VALUES (?, ?, ?, ?, ?)",
                 failed,
             )
-            self._db.executemany("UPDATE pairs SET status = 2 WHERE id = ?", [(f[0],) for f in failed])
-            self._db.execute(
-                "INSERT INTO meta(key, value) VALUES ('next_seq', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (str(seq + 1),),
-            )
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
-            raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
+            db.executemany("UPDATE pairs SET status = 2 WHERE id = ?", [(f[0],) for f in failed])
+            db.execute(_UPSERT_META, ("next_seq", str(seq + 1)))
 
     def unpublished_parts(self) -> list[PartRecord]:
         """Staged batches not yet compacted into the dataset, in publishing order."""
@@ -265,18 +263,9 @@ class RunState:
 
     def mark_published(self, gen: int) -> None:
         """The publish of generation ``gen`` is complete: its staged parts are no longer needed."""
-        try:
-            self._db.execute("BEGIN")
-            self._db.execute("UPDATE parts SET gen = ? WHERE gen IS NULL", (gen,))
-            self._db.execute(
-                "INSERT INTO meta(key, value) VALUES ('published_gen', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (str(gen),),
-            )
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
-            raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
+        with self._transaction() as db:
+            db.execute("UPDATE parts SET gen = ? WHERE gen IS NULL", (gen,))
+            db.execute(_UPSERT_META, ("published_gen", str(gen)))
 
     def failures(self) -> Iterator[Failure]:
         rows = self._db.execute(

@@ -18,10 +18,12 @@ LIMIT, WINDOW, RESERVE = 200, 1.0, 0.1
 
 
 def per_window(timestamps: list[float], window: float = WINDOW) -> list[int]:
-    """Requests counted in each full window (the first and last are partial: dropped)."""
+    """Requests counted in each steady window: the first is partial, the last is partial,
+    and the one before it is where the work runs out (the tail of the pairs), so all three
+    are dropped."""
     counts = Counter(math.floor(t / window) for t in timestamps)
     keys = sorted(counts)
-    return [counts[k] for k in keys[1:-1]]
+    return [counts[k] for k in keys[1:-2]]
 
 
 def setup_sim(sim: Simulator) -> None:
@@ -37,7 +39,7 @@ async def test_alone_uses_the_budget_minus_reserve_without_429(sim: Simulator, t
     assert summary.status == "complete"
     assert summary.rate_limited == 0 and sim.stats.by_status[429] == 0
     windows = per_window(sim.stats.timestamps)
-    assert len(windows) >= 5
+    assert len(windows) >= 4
     # At least 95% of what we may use over the full windows (each one at least 80%, leaving
     # room for a scheduling hiccup on a shared machine), never more than limit minus reserve.
     assert sum(windows) / len(windows) >= 0.95 * budget, windows
@@ -74,7 +76,7 @@ async def test_sustains_the_limit_at_300ms_latency(sim: Simulator, tmp_path: Pat
     setup_sim(sim)
     sim.latency = 0.3
     budget = LIMIT * (1 - RESERVE)
-    summary = await run(sim, pairs_for(1000), tmp_path, rate_limit=LIMIT, window=WINDOW,
+    summary = await run(sim, pairs_for(1200), tmp_path, rate_limit=LIMIT, window=WINDOW,
                         reserve=RESERVE, concurrency=96)
     assert summary.rate_limited == 0
     windows = per_window(sim.stats.timestamps)
