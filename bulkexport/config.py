@@ -140,6 +140,8 @@ class ExportConfig:
     api_key: ApiKey = field(repr=False)
     length: int = DEFAULT_LENGTH
     ending_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
+    #: True when ending_at was not given: a resumed run then keeps the end it started with
+    ending_at_default: bool = False
     run_id: str = ""
     # --- pacing (see limiter.py) ---
     rate_limit: int = DEFAULT_RATE_LIMIT
@@ -211,6 +213,7 @@ class ExportConfig:
                 endpoint=check_endpoint(endpoint, allow_custom=allow_custom_endpoint),
                 api_key=key,
                 ending_at=end,
+                ending_at_default=ending_at is None,
                 run_id=rid,
                 **options,  # type: ignore[arg-type]
             )

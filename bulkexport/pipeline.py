@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -188,6 +189,7 @@ class Exporter:
             log.info("run %s is already complete in %s (finished on another machine)", cfg.run_id, self.out)
             return s
         state = self._open_state()
+        cfg = self.cfg  # a resumed run may have taken back its original ending_at
         await self._ingest(state, source)
         s.pairs_total = state.count()
         s.pairs_read = int(state.get("pairs_read") or s.pairs_total)
@@ -262,6 +264,11 @@ class Exporter:
         known = state.get("params")
         if known is None:
             state.put("params", params)
+        elif known != params and cfg.ending_at_default and {**known, "ending_at": params["ending_at"]} == params:
+            # Same run, started earlier today with "now" as its end: resume it with that end,
+            # so the resumed pairs describe the same series as those already written.
+            self.cfg = dataclasses.replace(cfg, ending_at=datetime.fromisoformat(known["ending_at"]))
+            log.info("resuming run %s with its original ending_at=%s", cfg.run_id, known["ending_at"])
         elif known != params:
             diff = ", ".join(
                 f"{k}: {known.get(k)!r} then, {v!r} now" for k, v in params.items() if known.get(k) != v

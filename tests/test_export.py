@@ -168,3 +168,18 @@ async def test_later_run_appends_and_latest_query(sim: Simulator, tmp_path: Path
     )
     rows = duckdb.sql(f"SELECT run_id, count(*) FROM ({latest}) GROUP BY run_id").fetchall()
     assert rows == [("night-2", stats.num_rows // 2)]
+
+
+async def test_default_ending_at_reruns_resume_the_same_run(sim: Simulator, tmp_path: Path) -> None:
+    """Without --ending-at the end is "now", which differs at every invocation; a rerun the
+    same day must still be the same run (here: already complete), not a conflict."""
+    pairs = pairs_for(10)
+    first = await run(sim, pairs, tmp_path, ending_at=None)
+    assert first.status == "complete"
+    requests = sim.stats.requests
+    again = await run(sim, pairs, tmp_path, ending_at=None)
+    assert again.status == "already_complete"
+    assert sim.stats.requests == requests
+    # An explicit, different end for the same run id is a conflict, said clearly.
+    with pytest.raises(bulkexport.ConfigError, match=r"already exists .* with other parameters"):
+        await run(sim, pairs, tmp_path, ending_at=None, run_id=first.run_id, length=3)
