@@ -46,9 +46,11 @@ async def scenario(
         others: list[float] = []  # competitor spend times (they are not our requests)
 
         async def compete() -> None:
-            per_tick = competitor * limit / 20
+            per_tick, owed = competitor * limit / 20, 0.0
             while not stop.is_set():
-                sim.spend(int(per_tick))
+                owed += per_tick  # fractional requests carried over, so the share is exact
+                sim.spend(int(owed))
+                owed -= int(owed)
                 others.append(asyncio.get_running_loop().time())
                 await asyncio.sleep(window / 20)
 

@@ -236,14 +236,16 @@ class RateController:
         """Requests per second that other clients are spending from this window's budget.
 
         The drop in ``Remaining`` since the window's first answer, minus our own answers in
-        between, is what others spent. Only trusted after a short observation period.
+        between and our requests still in flight (the server has counted most of them, we
+        have not seen their answers), is what others spent. Only trusted after a short
+        observation period.
         """
         if self._win_first is None or self._remaining is None:
             return 0.0
         elapsed = now - self._win_start
         if elapsed < min(1.0, 0.05 * self._window):
             return 0.0
-        others = (self._win_first - self._remaining) - (self._win_own - 1)
+        others = (self._win_first - self._remaining) - (self._win_own - 1) - self._in_flight
         return max(others, 0.0) / elapsed
 
     def _steer(self) -> None:
