@@ -236,16 +236,16 @@ class RateController:
         """Requests per second that other clients are spending from this window's budget.
 
         The drop in ``Remaining`` since the window's first answer, minus our own answers in
-        between and our requests still in flight (the server has counted most of them, we
-        have not seen their answers), is what others spent. Only trusted after a short
-        observation period.
+        between, is what others spent: every ``Remaining`` we see was computed when its
+        request arrived, so it counts our requests answered by then, not those in flight.
+        Only trusted after a short observation period.
         """
         if self._win_first is None or self._remaining is None:
             return 0.0
         elapsed = now - self._win_start
         if elapsed < min(1.0, 0.05 * self._window):
             return 0.0
-        others = (self._win_first - self._remaining) - (self._win_own - 1) - self._in_flight
+        others = (self._win_first - self._remaining) - (self._win_own - 1)
         return max(others, 0.0) / elapsed
 
     def _steer(self) -> None:
