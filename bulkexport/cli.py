@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             code = _finish(asyncio.run(_demo(args, exporters)))
-            _print_demo_hints(args.out)
+            _print_demo_hints(args.out)  # (DuckDB: pip install duckdb)
             return code
         settings = resolve(given)
         _setup_logging(settings["log_level"], settings["log_format"], settings["api_key"])
@@ -332,7 +332,7 @@ def _print_demo_hints(out: str) -> None:
         f"'{out}').group_by('channel').aggregate([('sent', 'sum')]))\""
     )
     print(
-        "with SQL   python -c \"import duckdb; duckdb.sql(\\\"SELECT date, channel, sum(sent) FROM "
+        "DuckDB     python -c \"import duckdb; duckdb.sql(\\\"SELECT date, channel, sum(sent) FROM "
         f"read_parquet('{out}/send_stats/**/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY ALL\\\").show()\""
     )
 
