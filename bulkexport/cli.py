@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             code = _finish(asyncio.run(_demo(args, exporters)))
-            _print_demo_hints(args.out)  # (DuckDB: pip install duckdb)
+            _print_demo_hints(args.out)
             return code
         settings = resolve(given)
         _setup_logging(settings["log_level"], settings["log_format"], settings["api_key"])
