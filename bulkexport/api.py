@@ -11,7 +11,7 @@ import asyncio
 import os
 import signal
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any
 from .client import format_ending_at
 from .config import ApiKey, ExportConfig
 from .errors import ConfigError
-from .pairs import iter_items, iter_pair_file
+from .pairs import PairSource, iter_items, iter_pair_file
 from .pipeline import Exporter
 from .state import DONE, FAILED, RunState
 from .storage import open_target, state_dir_for
@@ -56,7 +56,7 @@ def _config(
 
 
 async def export_async(
-    pairs: Any,
+    pairs: PairSource,
     out: str | Path,
     *,
     endpoint: str | None = None,
@@ -102,7 +102,7 @@ async def export_async(
             loop.remove_signal_handler(sig)
 
 
-def export(pairs: Any, out: str | Path, **kwargs: Any) -> ExportSummary:
+def export(pairs: PairSource, out: str | Path, **kwargs: Any) -> ExportSummary:
     """Blocking :func:`export_async` for schedulers (Airflow, Dagster, cron scripts).
 
     Must not be called from a running event loop; use :func:`export_async` there.
@@ -145,7 +145,7 @@ class Plan:
 
 
 def make_plan(
-    pairs: Any,
+    pairs: PairSource,
     out: str | Path,
     *,
     endpoint: str | None = None,
@@ -159,9 +159,12 @@ def make_plan(
     """Read and check the pairs (a file or a sync iterable), look at the run's state, and
     estimate the work, without any network traffic."""
     cfg = _config(endpoint, api_key, ending_at, run_id, allow_custom_endpoint, options)
-    items = (
-        iter_pair_file(pairs, pairs_format) if isinstance(pairs, str | Path) else iter_items(pairs)
-    )
+    if isinstance(pairs, str | Path):
+        items = iter_pair_file(pairs, pairs_format)
+    elif isinstance(pairs, Iterable):
+        items = iter_items(pairs)
+    else:
+        raise ConfigError("a plan needs a pairs file or a plain (not async) iterable of pairs")
     with tempfile.TemporaryDirectory(prefix="bulkexport-plan-") as tmp:
         spool = RunState(Path(tmp) / "plan.sqlite")
         try:
@@ -239,7 +242,7 @@ class BatchStream:
 
 
 def stream_batches(
-    pairs: Any,
+    pairs: PairSource,
     *,
     endpoint: str | None = None,
     api_key: str | ApiKey | None = None,
