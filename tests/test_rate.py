@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from bulkexport.simulator import FaultRule, Simulator
 
 from .conftest import pairs_for, run
@@ -125,3 +127,19 @@ async def test_429_with_retry_after_then_gradual_ramp(sim: Simulator, tmp_path: 
     # pace (16 of 40), against 50 without a ramp.
     first = sum(1 for t in ts if resumed <= t < resumed + 0.1)
     assert first <= 10 + 16 + 6, first
+
+
+async def test_own_requests_answered_out_of_order_do_not_read_as_a_competitor() -> None:
+    """An hour-long window, 90 of our requests counted by the server but not yet answered
+    (slow responses, out of order): that must not look like another client spending 75 req/s
+    and pause the exporter until the next hour."""
+    from bulkexport.limiter import RateController
+
+    limiter = RateController(limit=250_000, window=3600.0, reserve=0.1)
+    reset = str(int(time.time()) + 3599)
+    limiter.observe({"X-RateLimit-Limit": "250000", "X-RateLimit-Remaining": "249990", "X-RateLimit-Reset": reset})
+    await asyncio.sleep(1.2)
+    limiter.observe({"x-ratelimit-limit": "250000", "x-ratelimit-remaining": "249900", "x-ratelimit-reset": reset})
+    assert not limiter.paused
+    # The pace is what the budget minus the reserve allows over the rest of the hour.
+    assert limiter.target_rate == pytest.approx((249_900 - 25_000) / 3598, rel=0.01)
