@@ -22,7 +22,6 @@ and Parquet encoding release the GIL.
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -37,7 +36,7 @@ import pyarrow.parquet as pq
 from .errors import StorageError
 from .schema import DATE, TABLES
 from .state import PartRecord
-from .storage import Target, fsync_path, state_dir_for
+from .storage import Target, commit_file, state_dir_for
 
 __all__ = ["STATE_DIR", "Sink"]
 
@@ -58,13 +57,6 @@ def storage_errors(what: str) -> Iterator[None]:
         raise StorageError(f"cannot {what}: {reason} ({exc.filename or ''})".replace(" ()", "")) from exc
     except pa.ArrowException as exc:
         raise StorageError(f"cannot {what}: {exc}") from exc
-
-
-def _commit_file(tmp: Path, final: Path) -> None:
-    """Make ``tmp`` durable and visible as ``final`` in one atomic step (local state)."""
-    fsync_path(tmp)
-    os.replace(tmp, final)
-    fsync_path(final.parent, directory=True)
 
 
 class Sink:
@@ -136,7 +128,7 @@ class Sink:
                         (batch,) = part.to_batches()  # one batch per date: PartRecord.batch
                         writer.write_batch(batch)
                         records.append(PartRecord(seq, name, day.isoformat(), index, rows, file_name))
-                _commit_file(tmp, final)
+                commit_file(tmp, final)
         return records
 
     # -- publishing ---------------------------------------------------------------------------
@@ -189,7 +181,7 @@ class Sink:
         tmp = self.run_dir / f".{name}{_TMP_SUFFIX}"
         with storage_errors(f"write {final}"):
             tmp.write_bytes(data)
-            _commit_file(tmp, final)
+            commit_file(tmp, final)
         if self.target.local:
             return str(final)
         rel = f"{STATE_DIR}/runs/{self.run_id}/{name}"

@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 
 from .errors import ConfigError
 
-__all__ = ["Target", "default_state_root", "fsync_path", "open_target"]
+__all__ = ["Target", "commit_file", "default_state_root", "open_target"]
 
 
 def fsync_path(path: Path, *, directory: bool = False) -> None:
@@ -34,6 +34,13 @@ def fsync_path(path: Path, *, directory: bool = False) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def commit_file(tmp: Path, final: Path) -> None:
+    """Make the complete local file ``tmp`` durable and visible as ``final`` in one atomic step."""
+    fsync_path(tmp)
+    os.replace(tmp, final)
+    fsync_path(final.parent, directory=True)
 
 
 def default_state_root() -> Path:
@@ -71,10 +78,7 @@ class Target:
         """Make the complete file ``tmp`` visible as ``rel``; return its size."""
         size = tmp.stat().st_size
         if self.local:
-            final = self.local_path(rel)
-            fsync_path(tmp)
-            os.replace(tmp, final)
-            fsync_path(final.parent, directory=True)
+            commit_file(tmp, self.local_path(rel))
         else:
             try:
                 pafs.copy_files(str(tmp), self.path(rel), source_filesystem=pafs.LocalFileSystem(),
