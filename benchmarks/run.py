@@ -234,10 +234,10 @@ class Baseline:
         if doc.get("message") != "success":
             raise ValueError("export failed")
         for day in doc["data"]:
-            messages = day.pop("messages", None)
-            if not messages:
-                continue
             when = date.fromisoformat(day.pop("time"))
+            messages = day.pop("messages", None) or {}
+            if not any(messages.values()) and all(v is None for v in day.values()):
+                continue  # nothing but 'time': "no data" (README, Output)
             base = {"campaign_id": cid, "send_id": sid, "date": when, "run_id": "bench",
                     "exported_at": exported_at}  # fmt: skip
             self.totals_rows.append({**base, **day})
