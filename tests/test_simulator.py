@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
+import json
 import os
 import re
 import signal
@@ -379,6 +381,29 @@ async def test_bad_200_bodies(sim: Simulator, http: aiohttp.ClientSession, kind:
         assert not isinstance(reply.json()["data"], list)
     else:
         assert reply.json() == {"message": "Export failed: internal error", "data": []}
+
+
+async def test_bad_value_replaces_one_field(sim: Simulator, http: aiohttp.ClientSession) -> None:
+    truth = sim.payload("camp", "send", 14, END)
+    first = next(i for i, d in enumerate(truth["data"]) if d.get("messages"))
+    channel = next(iter(truth["data"][first]["messages"]))
+    sim.faults.append(FaultRule(kind="bad_value", field="sent", value=2**64))
+    sim.faults.append(FaultRule(kind="bad_value", field="revenue", value=float("inf"), at="day"))
+    reply = await call(http, sim)
+    assert b'"sent":18446744073709551616' in reply.body  # served as digits, beyond orjson's range
+    want = copy.deepcopy(truth)
+    want["data"][first]["messages"][channel][0]["sent"] = 2**64
+    assert json.loads(reply.body) == want  # one field changed, nothing else
+    reply = await call(http, sim)
+    assert b'"revenue":Infinity' in reply.body
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(reply.body)
+    assert json.loads(reply.body)["data"][first]["revenue"] == float("inf")
+    assert (await call(http, sim)).json() == truth
+    with pytest.raises(ValueError, match="needs the field"):
+        FaultRule(kind="bad_value")
+    with pytest.raises(ValueError, match="at must be"):
+        FaultRule(kind="bad_value", field="sent", at="channel")  # type: ignore[arg-type]
 
 
 def test_unknown_fault_kind_is_rejected() -> None:
