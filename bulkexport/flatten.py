@@ -377,10 +377,10 @@ class Flattener:
         return len(self._tokens)
 
     def _day(self, value: object) -> int:
+        if type(value) is not str:  # before the memo lookup: a list or object is unhashable
+            raise BadResponse(f"day 'time' must be an ISO date string, got {_json_text(value, 40)}")
         days = self._dates.get(value)
         if days is None:
-            if type(value) is not str:
-                raise BadResponse(f"day 'time' must be an ISO date string, got {value!r:.40}")
             text = value[:10] if len(value) > 10 and value[10] in "T " else value
             try:
                 days = date.fromisoformat(text).toordinal() - _EPOCH_ORDINAL
