@@ -8,7 +8,6 @@ Every other pair must still equal the ground truth exactly, types included.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from datetime import date
@@ -27,7 +26,7 @@ from bulkexport.simulator import FaultRule, Simulator
 
 from .conftest import ENDING_AT, pairs_for, run
 from .test_export import STATS_KNOWN, TOTALS_KNOWN
-from .truth import STATS_KEYS, TOTALS_KEYS, Rejected, normalise, response_rows
+from .truth import STATS_KEYS, TOTALS_KEYS, Rejected, normalise, response_rows, with_value
 
 RUN_DIR = Path("_bulkexport") / "runs" / ENDING_AT.date().isoformat()
 
@@ -79,22 +78,6 @@ KEPT: list[tuple[str, Any, str, Any]] = [
 ]
 
 
-def _inject(payload: dict[str, Any], name: str, value: Any, at: str) -> dict[str, Any]:
-    """What the simulator serves for the rule (its docstring): the field set on the first
-    entry of the first day with one, or on the first day that carries data."""
-    out = copy.deepcopy(payload)
-    for day in out["data"]:
-        if at == "entry":
-            entries = [e for es in day.get("messages", {}).values() for e in es]
-            if entries:
-                entries[0][name] = value
-                return out
-        elif day.get("messages") or set(day) - {"time", "messages"}:
-            day[name] = value
-            return out
-    raise AssertionError("the pair has no place for the value")
-
-
 def _pairs_with_entries(sim: Simulator, n: int) -> list[tuple[str, str]]:
     """Pairs whose window holds at least one send_stats entry (so both places exist)."""
     out = []
@@ -136,7 +119,8 @@ async def test_every_value_has_its_documented_outcome(sim: Simulator, tmp_path: 
         assert ("send_totals" if at == "day" else "send_stats") in f["message"]
         assert f["message"].endswith("no row of this response was written")
         with pytest.raises(Rejected):  # the independent reference agrees it cannot be stored
-            response_rows(*pair, _inject(sim.payload(*pair, 15, ENDING_AT), name, value, at), STATS_KNOWN, TOTALS_KNOWN)
+            served = with_value(sim.payload(*pair, 15, ENDING_AT), name, value, at)
+            response_rows(*pair, served, STATS_KNOWN, TOTALS_KNOWN)
     assert failures[not_json]["status"] == 200 and failures[not_json]["attempts"] == 2
     assert "not valid JSON" in failures[not_json]["message"]
 
@@ -148,7 +132,7 @@ async def test_every_value_has_its_documented_outcome(sim: Simulator, tmp_path: 
             continue
         payload = sim.payload(*pair, 15, ENDING_AT)
         if pair in kept:
-            payload = _inject(payload, *kept[pair][:3])
+            payload = with_value(payload, *kept[pair][:3])
         s, t = response_rows(*pair, payload, STATS_KNOWN, TOTALS_KNOWN)
         want_stats += s
         want_totals += t
@@ -161,7 +145,7 @@ async def test_every_value_has_its_documented_outcome(sim: Simulator, tmp_path: 
 
     # The lossless cases hold exactly the stored value, with the column's Python type.
     for pair, (name, _value, at, stored) in kept.items():
-        payload = _inject(sim.payload(*pair, 15, ENDING_AT), name, _value, at)
+        payload = with_value(sim.payload(*pair, 15, ENDING_AT), name, _value, at)
         target = _target_row(payload, stats if at == "entry" else totals, pair, at)
         assert target[name] == stored and type(target[name]) is type(stored), (name, _value, target[name])
         if type(stored) is float:
@@ -174,7 +158,7 @@ async def test_every_value_has_its_documented_outcome(sim: Simulator, tmp_path: 
 
 
 def _target_row(payload: dict[str, Any], rows: list[dict[str, Any]], pair: tuple[str, str], at: str) -> dict[str, Any]:
-    """The output row that holds the injected value (see :func:`_inject`)."""
+    """The output row that holds the injected value (see :func:`truth.with_value`)."""
     for day in payload["data"]:
         d = date.fromisoformat(day["time"])
         mine = [r for r in rows if (r["campaign_id"], r["send_id"], r["date"]) == (*pair, d)]
@@ -239,3 +223,17 @@ def test_a_day_listed_twice() -> None:
     }
     assert (fb.stats_rows, fb.totals_rows) == (1, 1)
     assert fb.stats[0].column("send_id").to_pylist() == ["same"]
+
+
+def test_integers_beyond_64_bits_are_read_as_doubles() -> None:
+    """The README's caveat: the JSON parser reads an integer beyond 2**64 as the nearest
+    double; revenue keeps it (as it would keep 1.18e21), a count rejects it."""
+    flat = Flattener("r")
+    day = b'{"time": "2026-11-20", "messages": {}, "revenue": %d}' % 2**70
+    flat.add(1, "c", "s1", b'{"message": "success", "data": [%s]}' % day, 0)
+    day = b'{"time": "2026-11-20", "messages": {}, "conversions": %d}' % (2**64 + 1)
+    flat.add(2, "c", "s2", b'{"message": "success", "data": [%s]}' % day, 0)
+    fb = flat.build()
+    assert fb.done == [1]
+    assert fb.totals[0].column("revenue").to_pylist() == [float(2**70)]
+    assert fb.rejected[2].startswith("field 'conversions' is 1.8446744073709552e+19, expected an integer within int64")

@@ -17,6 +17,7 @@ The rules, as the README states them:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Iterable
@@ -120,6 +121,23 @@ def response_rows(
                  **_columns(e, stats_known | _STATS_BASE)}
             )  # fmt: skip
     return stats, totals
+
+
+def with_value(payload: dict[str, Any], name: str, value: Any, at: str) -> dict[str, Any]:
+    """What the simulator serves for ``FaultRule(kind="bad_value", field=name, value=value,
+    at=at)``, per its docstring: the field set on the first entry of the first day that has
+    one, or on the first day that carries data. A copy; the payload is not changed."""
+    out = copy.deepcopy(payload)
+    for day in out["data"]:
+        if at == "entry":
+            entries = [e for es in day.get("messages", {}).values() for e in es]
+            if entries:
+                entries[0][name] = value
+                return out
+        elif day.get("messages") or set(day) - {"time", "messages"}:
+            day[name] = value
+            return out
+    raise AssertionError("the payload has no place for the value")
 
 
 def expected(
