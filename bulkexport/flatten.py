@@ -9,9 +9,10 @@ C call. A typical response touches a handful of groups and no per-row dicts are 
 How it stays exact: a column whose values all have the expected Python type (and, for
 ``revenue``, lie within +-2**53) goes through ``array.array``, which converts in C and
 refuses anything else. Every other column takes a checked path that decides value by value,
-never through pyarrow's type inference (which turns ``true`` into 1 and truncates ``1.5``
-when given an int64 target). What Braze sent either fits its column losslessly or the whole
-response is rejected, with a reason, and writes no row at all:
+never through pyarrow's type inference (which turns ``true`` into 1.0 next to floats) or
+its conversion to a target type (which truncates ``1.5`` to 1 for int64). What Braze sent
+either fits its column losslessly or the whole response is rejected, with a reason, and
+writes no row at all:
 
 =============================  ==============================================================
 value                          outcome
@@ -33,7 +34,8 @@ unknown field or channel       kept in ``extra_metrics`` as the JSON text of the
 =============================  ==============================================================
 
 ``bool`` is never a number here, although Python makes it an ``int`` subclass. orjson
-reads an integer beyond 2**64 as a float, so it meets the float rules (too large: rejected).
+reads an integer beyond 2**64 as the nearest float, so it meets the float rules: rejected
+as an integer metric (beyond 2**53), kept as that double for ``revenue``.
 
 Which days are data: a day that yields no ``send_stats`` entry and carries no non-null
 day-level field (``{"time": ...}`` alone, or with ``"messages": {}``) is "no data" (past
@@ -145,7 +147,7 @@ def _convert(name: str, values: tuple[Any, ...], kind: int) -> pa.Array:
             except OverflowError:
                 pass
     elif kind == _FLOAT:
-        # Every double within 2**53 in magnitude is finite, and every int there is exact.
+        # Within 2**53 in magnitude every int has an exact double (and JSON has no NaN).
         if types and types <= _INT_OR_FLOAT and min(values) >= -_EXACT and max(values) <= _EXACT:
             return _from_buffer(pa.float64(), array("d", values))
     elif types == _ONLY_STR:
@@ -286,8 +288,8 @@ _ABSENT: Final = object()  # a day without 'messages'
 def _canonical(day: tuple[Any, dict[str, Any]]) -> bytes:
     """A day's contents as comparable bytes: key order is irrelevant, JSON types are not
     (``1``, ``1.0`` and ``true`` differ, where Python's ``==`` would call them equal)."""
-    sent, rest = day
-    return orjson.dumps([sent is not _ABSENT, None if sent is _ABSENT else sent, rest], option=orjson.OPT_SORT_KEYS)
+    raw, rest = day
+    return orjson.dumps([raw is not _ABSENT, None if raw is _ABSENT else raw, rest], option=orjson.OPT_SORT_KEYS)
 
 
 def _check_channels(messages: dict[str, Any]) -> None:
@@ -432,26 +434,26 @@ class Flattener:
         totals_groups = self._totals.groups
         new_stats_group = self._stats.group
         rows = 0
-        seen: dict[int, tuple[Any, dict[str, Any]]] = {}  # days -> (messages, day) this response
+        seen: dict[int, tuple[Any, dict[str, Any]]] = {}  # days -> ('messages' as sent, other fields)
         conflict: str | None = None
         for day in data:
             if type(day) is not dict:
                 raise BadResponse("each 'data' entry must be an object")
             days = self._day(day.pop("time", None))
-            sent = day.pop("messages", _ABSENT)  # absent, null and {} differ for duplicates
-            messages = {} if sent is None or sent is _ABSENT else sent
+            raw = day.pop("messages", _ABSENT)  # absent, null and {} differ for duplicates
+            messages = {} if raw is None or raw is _ABSENT else raw
             if type(messages) is not dict:
                 raise BadResponse("'messages' must be an object of channel -> list")
             first = seen.get(days)
             if first is not None:
-                if _canonical(first) != _canonical((sent, day)) and conflict is None:
+                if _canonical(first) != _canonical((raw, day)) and conflict is None:
                     conflict = (
                         f"day {_day_text(days)} is listed twice with different contents; "
                         "no row of this response was written"
                     )
                 _check_channels(messages)  # a malformed copy is still malformed
                 continue  # an identical copy adds nothing
-            seen[days] = (sent, day)
+            seen[days] = (raw, day)
             day_rows = 0
             for channel, entries in messages.items():
                 if type(entries) is not list:
