@@ -6,19 +6,55 @@ the per-value work in Python is a C-level ``tuple(dict.values())``. At :meth:`Fl
 each group is transposed with ``zip(*rows)`` and each column becomes one Arrow array in one
 C call. A typical response touches a handful of groups and no per-row dicts are created.
 
-How it stays exact: columns are converted with Arrow's type *inference*, then checked
-against the schema. pyarrow truncates ``1.5`` silently when given an int64 target type,
-so we never give it one for data we have not checked: an inferred float column for an
-integer metric is cast with overflow/truncation checks, and any value that fails is traced
-back to its response, whose pair is then rejected with a reason -- never written wrong.
+How it stays exact: a column whose values all have the expected Python type (and, for
+``revenue``, lie within +-2**53) goes through ``array.array``, which converts in C and
+refuses anything else. Every other column takes a checked path that decides value by value,
+never through pyarrow's type inference (which turns ``true`` into 1.0 next to floats) or
+its conversion to a target type (which truncates ``1.5`` to 1 for int64). What Braze sent
+either fits its column losslessly or the whole response is rejected, with a reason, and
+writes no row at all:
+
+=============================  ==============================================================
+value                          outcome
+=============================  ==============================================================
+integer metric: JSON int       kept, negative values included, if within int64
+integer metric: ``3.0``        kept as the int 3 (integral float, abs <= 2**53: lossless)
+integer metric: ``1.5``,       response rejected (``FlatBatch.rejected``): the field, the
+``"12"``, ``true``, object,    value as JSON text, the table, channel and day
+list, beyond int64
+``revenue``: JSON int          kept as float64 if abs <= 2**53 (beyond, the double would
+                               not be the number sent: rejected)
+``revenue``: finite float      kept as float64
+``revenue``: ``"12.50"``,      response rejected
+``true``, object, list
+``variation_name``,            string or null; anything else: response rejected
+``variation_api_id``
+any known field: ``null``      kept as null ("not reported", never 0)
+unknown field or channel       kept in ``extra_metrics`` as the JSON text of the value
+=============================  ==============================================================
+
+``bool`` is never a number here, although Python makes it an ``int`` subclass. orjson
+reads an integer beyond 2**64 as the nearest float, so it meets the float rules: rejected
+as an integer metric (beyond 2**53), kept as that double for ``revenue``.
+
+Which days are data: a day that yields no ``send_stats`` entry and carries no non-null
+day-level field (``{"time": ...}`` alone, or with ``"messages": {}``) is "no data" (past
+Braze's 14-day retention) and produces no row. Any other day is a ``send_totals`` row, even
+with ``"messages": {}`` and all-zero totals: zero and "not reported" are different facts, and
+conversions keep arriving after the messages stop. A day listed twice in one response is
+kept once if both copies are identical (same fields, same values and JSON types), and
+rejects the response otherwise: two rows for one key would be a duplicate in the dataset,
+and nothing says which copy is right.
 
 Structural problems (not JSON, ``message`` not ``success``, wrong nesting) raise
 :class:`BadResponse` from :meth:`Flattener.add` with nothing appended, so the caller can
-retry the request.
+retry the request. Rejections (values, conflicting days) are reported by :meth:`build` in
+:attr:`FlatBatch.rejected`; retrying would fetch the same values again.
 """
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,15 +83,38 @@ __all__ = ["FlatBatch", "Flattener"]
 _EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 _INT, _FLOAT, _STR = 0, 1, 2
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+#: Beyond this, not every integer has an exact double: the bound of lossless int <-> float.
+_EXACT: Final = 2**53
+_BAD: Final = object()  # a value that does not fit its column
 
-_VALID: Final[dict[int, Callable[[object], bool]]] = {
-    _INT: lambda v: (
-        v is None
-        or (type(v) is int and _I64_MIN <= v <= _I64_MAX)
-        or (type(v) is float and v.is_integer() and abs(v) <= 2**53)
-    ),
-    _FLOAT: lambda v: v is None or ((type(v) is int or type(v) is float) and abs(v) <= 2**53),
-    _STR: lambda v: v is None or type(v) is str,
+
+def _fit_int(v: Any) -> Any:
+    t = type(v)
+    if t is int:
+        return v if _I64_MIN <= v <= _I64_MAX else _BAD
+    if t is float:
+        return int(v) if v.is_integer() and -_EXACT <= v <= _EXACT else _BAD
+    return None if v is None else _BAD
+
+
+def _fit_float(v: Any) -> Any:
+    t = type(v)
+    if t is float:
+        return v if math.isfinite(v) else _BAD
+    if t is int:
+        return float(v) if -_EXACT <= v <= _EXACT else _BAD
+    return None if v is None else _BAD
+
+
+def _fit_str(v: Any) -> Any:
+    return v if v is None or type(v) is str else _BAD
+
+
+#: kind -> (the value as its column holds it, or _BAD; what the column accepts, for reasons)
+_FIT: Final[dict[int, tuple[Callable[[Any], Any], str]]] = {
+    _INT: (_fit_int, "expected an integer within int64 (an integral float only within 2**53)"),
+    _FLOAT: (_fit_float, "expected a finite number (an integer only within 2**53)"),
+    _STR: (_fit_str, "expected a string or null"),
 }
 _ARROW_TYPE: Final = {_INT: pa.int64(), _FLOAT: pa.float64(), _STR: pa.string()}
 _ONLY_INT: Final = {int}
@@ -75,42 +134,30 @@ class _BadValues(Exception):
 def _convert(name: str, values: tuple[Any, ...], kind: int) -> pa.Array:
     """Build one column exactly, or raise :class:`_BadValues` naming the offending rows.
 
-    The common case (every value a plain int, or a plain number for revenue) goes through
-    ``array.array``, which converts in C and refuses floats and out-of-range ints, and is
-    handed to Arrow without a copy. Anything else (nulls, mixed types) takes the checked
-    inference path.
+    The common case (every value a plain int; for revenue, plain numbers within 2**53)
+    goes through ``array.array``, which converts in C, refuses floats, bools and
+    out-of-range ints, and is handed to Arrow without a copy. Anything else (nulls, mixed
+    types, bad values) is decided value by value by the ``_FIT`` rules.
     """
     types = set(map(type, values))
-    if kind == _INT and types == _ONLY_INT:
-        try:
-            return _from_buffer(pa.int64(), array("q", values))
-        except OverflowError:
-            pass
-    elif kind == _FLOAT and types and types <= _INT_OR_FLOAT:
-        return _from_buffer(pa.float64(), array("d", values))
-    elif kind == _STR and types == _ONLY_STR:
+    if kind == _INT:
+        if types == _ONLY_INT:
+            try:
+                return _from_buffer(pa.int64(), array("q", values))
+            except OverflowError:
+                pass
+    elif kind == _FLOAT:
+        # Within 2**53 in magnitude every int has an exact double (and JSON has no NaN).
+        if types and types <= _INT_OR_FLOAT and min(values) >= -_EXACT and max(values) <= _EXACT:
+            return _from_buffer(pa.float64(), array("d", values))
+    elif types == _ONLY_STR:
         return pa.array(values, pa.string())
-    target = _ARROW_TYPE[kind]
-    try:
-        arr = pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
-        arr = None
-    if arr is not None:
-        t = arr.type
-        if t == target:
-            return arr
-        if pa.types.is_null(t):
-            return pa.nulls(len(values), target)
-        try:
-            if kind == _INT and t == pa.float64():
-                return arr.cast(target, safe=True)  # raises on 1.5, keeps 3.0 as 3
-            if kind == _FLOAT and t == pa.int64():
-                return arr.cast(target)  # inference already refused ints beyond 2**53
-        except pa.ArrowInvalid:
-            pass
-    valid = _VALID[kind]
-    bad = [i for i, v in enumerate(values) if not valid(v)]
-    raise _BadValues(name, bad or list(range(len(values))))
+    fit = _FIT[kind][0]
+    fitted = [fit(v) for v in values]
+    bad = [i for i, v in enumerate(fitted) if v is _BAD]
+    if bad:
+        raise _BadValues(name, bad)
+    return pa.array(fitted, _ARROW_TYPE[kind])
 
 
 _NULLS: dict[pa.DataType, pa.Array] = {}
@@ -129,6 +176,16 @@ def _from_buffer(type_: pa.DataType, buf: array[Any]) -> pa.Array:
     return pa.Array.from_buffers(type_, len(buf), [None, pa.py_buffer(buf)])
 
 
+def _day_text(days: int) -> str:
+    return date.fromordinal(days + _EPOCH_ORDINAL).isoformat()
+
+
+def _json_text(value: Any, limit: int = 60) -> str:
+    """The value as Braze sent it (JSON, not Python repr: ``true``, ``"12"``), shortened."""
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _Group:
     """Rows that share one tuple of field names."""
 
@@ -143,9 +200,10 @@ class _Group:
 class _TableBuilder:
     """Collects one output table's rows; converts them to Arrow on :meth:`build`."""
 
-    __slots__ = ("_channel", "_kinds", "_schema", "groups")
+    __slots__ = ("_channel", "_kinds", "_schema", "groups", "name")
 
-    def __init__(self, schema: pa.Schema, kinds: dict[str, int], *, channel: bool) -> None:
+    def __init__(self, name: str, schema: pa.Schema, kinds: dict[str, int], *, channel: bool) -> None:
+        self.name = name  # the output table, for rejection reasons
         self._schema = schema  # in-memory schema (file columns + date)
         self._kinds = kinds  # known field -> _INT/_FLOAT/_STR
         self._channel = channel  # whether meta carries a channel (send_stats)
@@ -170,8 +228,20 @@ class _TableBuilder:
             g.rows = [g.rows[i] for i in keep]
             g.meta = [g.meta[i] for i in keep]
 
+    def reason(self, bad: _BadValues, group: _Group, row: int) -> str:
+        """Why a response was rejected, in words its reader can act on without our code."""
+        value = group.rows[row][group.keys.index(bad.column)]
+        meta = group.meta[row]
+        where = f"{self.name}, {_day_text(meta[1])}"
+        if self._channel:
+            where += f", channel {meta[2]!r:.60}"
+        return (
+            f"field {bad.column!r} is {_json_text(value)}, {_FIT[self._kinds[bad.column]][1]} "
+            f"({where}); no row of this response was written"
+        )
+
     def build(self, pair_columns: dict[str, pa.Array], unknown: set[str]) -> list[pa.RecordBatch]:
-        """Convert every group; raise ``(_BadValues, group)`` on the first bad column."""
+        """Convert every group; raise :class:`_GroupError` on the first bad column."""
         batches = []
         for g in self.groups.values():
             n = len(g.rows)
@@ -192,7 +262,7 @@ class _TableBuilder:
                 try:
                     columns[name] = _convert(name, values, kind)
                 except _BadValues as exc:
-                    raise _GroupError(exc, g) from None
+                    raise _GroupError(exc, g, self) from None
             if extras:
                 unknown.update(name for name, _ in extras)
                 columns["extra_metrics"] = _extras_column(extras, n)
@@ -208,11 +278,32 @@ class _TableBuilder:
         self.groups = {}
 
 
+class _Conflict(Exception):
+    """A response that is well formed but names one day twice with different contents."""
+
+
+_ABSENT: Final = object()  # a day without 'messages'
+
+
+def _canonical(day: tuple[Any, dict[str, Any]]) -> bytes:
+    """A day's contents as comparable bytes: key order is irrelevant, JSON types are not
+    (``1``, ``1.0`` and ``true`` differ, where Python's ``==`` would call them equal)."""
+    raw, rest = day
+    return orjson.dumps([raw is not _ABSENT, None if raw is _ABSENT else raw, rest], option=orjson.OPT_SORT_KEYS)
+
+
+def _check_channels(messages: dict[str, Any]) -> None:
+    for channel, entries in messages.items():
+        if type(entries) is not list or any(type(e) is not dict for e in entries):
+            raise BadResponse(f"messages[{channel!r:.60}] must be a list of objects")
+
+
 class _GroupError(Exception):
-    def __init__(self, bad: _BadValues, group: _Group) -> None:
+    def __init__(self, bad: _BadValues, group: _Group, table: _TableBuilder) -> None:
         super().__init__(bad.column)
         self.bad = bad
         self.group = group
+        self.table = table
 
 
 def _extras_column(extras: list[tuple[str, tuple[Any, ...]]], n: int) -> pa.Array:
@@ -230,7 +321,8 @@ class FlatBatch:
     totals: list[pa.RecordBatch]
     #: pair tokens whose rows are in the batches
     done: list[int]
-    #: pair token -> reason, for responses whose values did not fit the schema
+    #: pair token -> reason, for responses rejected whole: a value that does not fit its
+    #: column, or a day listed twice with different contents (none of their rows is here)
     rejected: dict[int, str] = field(default_factory=dict)
     #: field names and channels the schema does not know (kept in ``extra_metrics``)
     unknown_fields: set[str] = field(default_factory=set)
@@ -261,6 +353,7 @@ class Flattener:
         "_channels",
         "_cids",
         "_dates",
+        "_rejected",
         "_run_id",
         "_sids",
         "_stats",
@@ -271,24 +364,25 @@ class Flattener:
 
     def __init__(self, run_id: str) -> None:
         self._run_id = run_id  # written into every row
-        self._stats = _TableBuilder(STATS_SCHEMA, _STATS_KINDS, channel=True)
-        self._totals = _TableBuilder(TOTALS_SCHEMA, _TOTALS_KINDS, channel=False)
+        self._stats = _TableBuilder("send_stats", STATS_SCHEMA, _STATS_KINDS, channel=True)
+        self._totals = _TableBuilder("send_totals", TOTALS_SCHEMA, _TOTALS_KINDS, channel=False)
         self._tokens: list[int] = []  # slot -> caller's pair token
         self._cids: list[str] = []  # slot -> campaign_id
         self._sids: list[str] = []  # slot -> send_id
         self._ts: list[int] = []  # slot -> exported_at, microseconds since the epoch
         self._dates: dict[object, int] = {}  # "YYYY-MM-DD" -> days since epoch (memo)
         self._channels: set[str] = set()  # channels not in the schema, seen since last build
+        self._rejected: dict[int, str] = {}  # slot -> reason, for responses rejected by add()
 
     def __len__(self) -> int:
         """Responses added since the last build."""
         return len(self._tokens)
 
     def _day(self, value: object) -> int:
+        if type(value) is not str:  # before the memo lookup: a list or object is unhashable
+            raise BadResponse(f"day 'time' must be an ISO date string, got {_json_text(value, 40)}")
         days = self._dates.get(value)
         if days is None:
-            if type(value) is not str:
-                raise BadResponse(f"day 'time' must be an ISO date string, got {value!r:.40}")
             text = value[:10] if len(value) > 10 and value[10] in "T " else value
             try:
                 days = date.fromisoformat(text).toordinal() - _EPOCH_ORDINAL
@@ -302,7 +396,10 @@ class Flattener:
         """Take one response body; return its number of send_stats rows.
 
         Raises :class:`BadResponse` (nothing retained) when the body is not a successful
-        export of the documented shape.
+        export of the documented shape. A response that is well formed but cannot be
+        stored as sent (a day listed twice with different contents here, a value that does
+        not fit its column at :meth:`build`) is kept as a token and reported in
+        :attr:`FlatBatch.rejected`, with no row.
         """
         try:
             doc = orjson.loads(body)
@@ -319,10 +416,13 @@ class Flattener:
         slot = len(self._tokens)
         try:
             rows = self._add_days(slot, data)
-        except BadResponse:
+        except (BadResponse, _Conflict) as exc:
             self._stats.rollback(slot)
             self._totals.rollback(slot)
-            raise
+            if type(exc) is BadResponse:
+                raise
+            self._rejected[slot] = str(exc)
+            rows = 0
         self._tokens.append(token)
         self._cids.append(campaign_id)
         self._sids.append(send_id)
@@ -334,22 +434,32 @@ class Flattener:
         totals_groups = self._totals.groups
         new_stats_group = self._stats.group
         rows = 0
+        seen: dict[int, tuple[Any, dict[str, Any]]] = {}  # days -> ('messages' as sent, other fields)
+        conflict: str | None = None
         for day in data:
             if type(day) is not dict:
                 raise BadResponse("each 'data' entry must be an object")
             days = self._day(day.pop("time", None))
-            messages = day.pop("messages", None)
-            if not messages:
-                # Past the 14-day retention Braze returns empty days: no data, not zeros.
-                continue
+            raw = day.pop("messages", _ABSENT)  # absent, null and {} differ for duplicates
+            messages = {} if raw is None or raw is _ABSENT else raw
             if type(messages) is not dict:
                 raise BadResponse("'messages' must be an object of channel -> list")
-            totals = totals_groups.get(tuple(day)) or self._totals.group(tuple(day))
-            totals.rows.append(tuple(day.values()))
-            totals.meta.append((slot, days))
+            first = seen.get(days)
+            if first is not None:
+                if _canonical(first) != _canonical((raw, day)) and conflict is None:
+                    conflict = (
+                        f"day {_day_text(days)} is listed twice with different contents; "
+                        "no row of this response was written"
+                    )
+                _check_channels(messages)  # a malformed copy is still malformed
+                continue  # an identical copy adds nothing
+            seen[days] = (raw, day)
+            day_rows = 0
             for channel, entries in messages.items():
                 if type(entries) is not list:
                     raise BadResponse(f"messages[{channel!r:.60}] must be a list")
+                if not entries:
+                    continue
                 meta = (slot, days, channel)
                 if channel not in KNOWN_CHANNELS:
                     self._channels.add(channel)
@@ -365,13 +475,23 @@ class Flattener:
                         group.meta.append(meta)
                 except (AttributeError, TypeError):
                     raise BadResponse(f"messages[{channel!r:.60}] entries must be objects") from None
-                rows += len(entries)
+                day_rows += len(entries)
+            if not day_rows and all(v is None for v in day.values()):
+                # Nothing but 'time' (past Braze's 14-day retention): "no data", not zeros.
+                continue
+            keys = tuple(day)
+            totals = totals_groups.get(keys) or self._totals.group(keys)
+            totals.rows.append(tuple(day.values()))
+            totals.meta.append((slot, days))
+            rows += day_rows
+        if conflict is not None:
+            raise _Conflict(conflict)
         return rows
 
     def build(self) -> FlatBatch:
         """Convert everything added since the last build and start afresh."""
         out = FlatBatch(stats=[], totals=[], done=[])
-        bad_slots: dict[int, str] = {}
+        bad_slots, self._rejected = self._rejected, {}
         while True:
             try:
                 pair_columns = self._pair_columns()
@@ -386,11 +506,7 @@ class Flattener:
                 for i in rows:
                     slot = group.meta[i][0]
                     if slot not in bad_slots:
-                        value = group.rows[i][group.keys.index(exc.bad.column)]
-                        bad_slots[slot] = (
-                            f"field {exc.bad.column!r} has a value that does not fit its "
-                            f"column: {value!r:.60}"
-                        )
+                        bad_slots[slot] = exc.table.reason(exc.bad, group, i)
                 self._stats.drop_slots(slots)
                 self._totals.drop_slots(slots)
         out.unknown_fields = unknown

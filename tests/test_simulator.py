@@ -4,6 +4,9 @@ must itself behave as BRAZE_API.md describes."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import copy
+import json
 import os
 import re
 import signal
@@ -380,6 +383,29 @@ async def test_bad_200_bodies(sim: Simulator, http: aiohttp.ClientSession, kind:
         assert reply.json() == {"message": "Export failed: internal error", "data": []}
 
 
+async def test_bad_value_replaces_one_field(sim: Simulator, http: aiohttp.ClientSession) -> None:
+    truth = sim.payload("camp", "send", 14, END)
+    first = next(i for i, d in enumerate(truth["data"]) if d.get("messages"))
+    channel = next(iter(truth["data"][first]["messages"]))
+    sim.faults.append(FaultRule(kind="bad_value", field="sent", value=2**64))
+    sim.faults.append(FaultRule(kind="bad_value", field="revenue", value=float("inf"), at="day"))
+    reply = await call(http, sim)
+    assert b'"sent":18446744073709551616' in reply.body  # served as digits, beyond orjson's range
+    want = copy.deepcopy(truth)
+    want["data"][first]["messages"][channel][0]["sent"] = 2**64
+    assert json.loads(reply.body) == want  # one field changed, nothing else
+    reply = await call(http, sim)
+    assert b'"revenue":Infinity' in reply.body
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(reply.body)
+    assert json.loads(reply.body)["data"][first]["revenue"] == float("inf")
+    assert (await call(http, sim)).json() == truth
+    with pytest.raises(ValueError, match="needs the field"):
+        FaultRule(kind="bad_value")
+    with pytest.raises(ValueError, match="at must be"):
+        FaultRule(kind="bad_value", field="sent", at="channel")  # type: ignore[arg-type]
+
+
 def test_unknown_fault_kind_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown fault kind"):
         FaultRule(kind="explode")  # type: ignore[arg-type]
@@ -443,28 +469,60 @@ def test_overlapping_windows_agree_on_shared_days() -> None:
             assert by_day[day["time"]] == day
 
 
+def _quiet_shape(day: dict[str, Any], conversion_keys: set[str]) -> str:
+    """Which of the shapes Braze uses past the retention this day has (asserting it is one)."""
+    rest = {k: v for k, v in day.items() if k != "time"}
+    if not rest:
+        return "time_only"
+    assert rest.pop("messages") == {}
+    if not rest:
+        return "empty_messages"
+    if rest == {"conversions": 0, "unique_recipients": 0}:
+        return "zeros"
+    assert set(rest) == conversion_keys | {"unique_recipients", "revenue"}
+    if not any(rest.values()):
+        return "zeros"
+    # Late conversions: nothing was sent that day, so no recipient and nothing by send time.
+    assert rest["conversions"] >= 1 and type(rest["revenue"]) is float and rest["revenue"] >= 1.0
+    assert rest["unique_recipients"] == 0
+    assert all(v == 0 for k, v in rest.items() if k.endswith("_by_send_time"))
+    assert all(type(v) is int and 0 <= v <= rest["conversions"] for k, v in rest.items() if k != "revenue")
+    return "late"
+
+
 def test_retention_and_anchor_bound_the_series() -> None:
     sim = Simulator(seed=0, anchor_date=ANCHOR)
-    styles = set()
-    for campaign_id, send_id in _pairs(100):
+    styles: collections.Counter[str] = collections.Counter()
+    shapes: collections.Counter[str] = collections.Counter()
+    for campaign_id, send_id in _pairs(200):
         data = sim.payload(campaign_id, send_id, 100, END + timedelta(days=30))["data"]
         send = sim.send_date(campaign_id, send_id)
         assert ANCHOR - timedelta(days=20) <= send <= ANCHOR
         days = [date.fromisoformat(d["time"]) for d in data]
         assert days == sorted(days) and len(set(days)) == len(days)
-        full = [day for day, d in zip(days, data, strict=True) if d["messages"]]
-        empty = [d for d in data if not d["messages"]]
+        full = [day for day, d in zip(days, data, strict=True) if d.get("messages")]
+        quiet = [d for d in data if not d.get("messages")]
         assert full == [
             send + timedelta(days=k) for k in range(14) if send + timedelta(days=k) <= ANCHOR
         ]
         assert all(day <= ANCHOR for day in days)
-        for d in empty:
+        conversion_keys = {k for k in data[0] if k.startswith("conversions")}
+        pair_shapes = set()
+        for d in quiet:
             assert date.fromisoformat(d["time"]) >= send + timedelta(days=14)
-            assert d == {"time": d["time"], "messages": {}, "conversions": 0,
-                         "unique_recipients": 0}  # fmt: skip
+            pair_shapes.add(_quiet_shape(d, conversion_keys))
+        shapes.update(pair_shapes)
         if send + timedelta(days=14) <= ANCHOR:
-            styles.add(bool(empty))
-    assert styles == {True, False}  # some pairs keep empty days, some drop them
+            # One style per pair: days with totals mix zeros and late conversions.
+            if not pair_shapes:
+                styles["missing"] += 1
+            elif pair_shapes <= {"zeros", "late"}:
+                styles["totals"] += 1
+            else:
+                (style,) = pair_shapes
+                styles[style] += 1
+    assert set(styles) == {"missing", "time_only", "empty_messages", "totals"}
+    assert set(shapes) == {"time_only", "empty_messages", "zeros", "late"}
 
 
 def test_every_channel_appears_with_its_documented_metrics() -> None:
@@ -478,7 +536,7 @@ def test_every_channel_appears_with_its_documented_metrics() -> None:
         assert len(conversion_keys) in (2, 4, 6, 8)
         has_control = False
         for day in data:
-            for channel, entries in day["messages"].items():
+            for channel, entries in day.get("messages", {}).items():
                 seen.add(channel)
                 assert 1 <= len([e for e in entries if "enrolled" not in e]) <= 3
                 for entry in entries:
@@ -514,7 +572,7 @@ async def test_zero_revenue_is_served_as_int(sim: Simulator, http: aiohttp.Clien
         reply = await call(http, sim, query(campaign_id, send_id, 30))
         raw += reply.body
         for day in reply.json()["data"]:
-            revenues += [e["revenue"] for es in day["messages"].values() for e in es]
+            revenues += [e["revenue"] for es in day.get("messages", {}).values() for e in es]
     assert re.search(rb'"revenue":0[,}]', raw)
     assert b'"revenue":0.0' not in raw
     zeros = [r for r in revenues if r == 0]
@@ -528,7 +586,7 @@ def _extras_in(payload: dict[str, Any]) -> set[str]:
     for day in payload["data"]:
         if "conversions_by_open" in day:
             found.add("conversions_by_open")
-        messages = day["messages"]
+        messages = day.get("messages", {})
         if "line" in messages:
             assert set(messages["line"][0]) == {"variation_name", "sent", "delivered",
                                                 "friend_adds"}  # fmt: skip
@@ -567,8 +625,8 @@ def test_extras_only_when_enabled_and_documented_values_unchanged() -> None:
 def _strip_extras(payload: dict[str, Any]) -> None:
     for day in payload["data"]:
         day.pop("conversions_by_open", None)
-        day["messages"].pop("line", None)
-        for entries in day["messages"].values():
+        day.get("messages", {}).pop("line", None)
+        for entries in day.get("messages", {}).values():
             for entry in entries:
                 for key in [k for k in entry if k == "amp_opens" or k.startswith(
                     ("carousel_slide_", "notif_button_"))]:  # fmt: skip

@@ -41,13 +41,18 @@ Behaviour, checked in this order:
 5. ``faults``: the first :class:`FaultRule` that fires decides (``latency`` rules only add
    delay and let later rules and the normal response follow). Kinds: ``status``, ``html``,
    ``rate_limit``, ``latency``, ``hang``, ``reset``, ``truncate``, ``short_body``,
-   ``malformed``, ``bad_shape``, ``not_success``. ``times`` counts per pair and per rule.
+   ``malformed``, ``bad_shape``, ``not_success``, ``bad_value`` (the normal payload with one
+   field replaced, e.g. ``FaultRule(kind="bad_value", field="sent", value=1.5)``; ``at="day"``
+   for a day-level field). ``times`` counts per pair and per rule.
    Note that aiohttp's client silently retries a GET once after a ``reset``.
 6. 200 with ``orjson.dumps(sim.payload(...))``.
 
 Data: each pair was sent 0..20 days before ``anchor_date``; full daily entries cover the
 send day and the 13 days after it (Braze's 14-day retention), never a day after
-``anchor_date``. Later days are missing for about half the pairs and empty for the rest.
+``anchor_date``. Later days come, per pair, in one of the shapes Braze uses: missing
+(30%), ``{"time": ...}`` alone (15%), with ``"messages": {}`` (15%), or ``"messages": {}``
+with day-level numbers (40%): zeros, or conversions and revenue arriving after the
+messages stopped.
 Values come from the seed, the ids and the day alone, so overlapping windows agree and
 ``sim.payload`` is ground truth. Zero revenue is served as the integer ``0``. With
 ``extras=True`` about a third of the pairs also carry undocumented data (a ``line``

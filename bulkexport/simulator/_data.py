@@ -5,10 +5,17 @@ tests compare what a client stored against :meth:`DataModel.payload`, so a value
 depend on the process (no ``hash()``), on call order, or on the requested window. Each day
 is drawn from its own RNG, seeded from the pair and the date, so two requests whose windows
 overlap agree on every shared day.
+
+Days past the retention come in the shapes Braze uses, one per pair (:data:`QUIET_STYLES`):
+missing from ``data``, ``{"time": ...}`` alone, ``{"time": ..., "messages": {}}``, or
+``"messages": {}`` with day-level numbers, zeros on some days and, on others, conversions and
+revenue that keep arriving after the messages stopped (with ``unique_recipients`` and the
+``*_by_send_time`` counts at 0: nothing was sent that day).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import random
@@ -23,6 +30,10 @@ RETENTION_DAYS = 14
 
 MAX_SEND_AGE = 20
 """A pair's send date lies 0..MAX_SEND_AGE days before the anchor date."""
+
+QUIET_STYLES = ("missing", "time_only", "empty_messages", "totals")
+"""How a pair's days past the retention are served, with their cumulative probabilities."""
+_QUIET_CUTS = (0.3, 0.45, 0.6, 1.0)
 
 _PUSH = (
     "sent", "delivered", "undelivered", "delivery_failed",
@@ -175,7 +186,7 @@ class _Pair:
     channels: dict[str, tuple[_Variation, ...]]
     conversion_events: int
     control_group: bool
-    empty_after_retention: bool
+    quiet: str  # one of QUIET_STYLES
     has_extras: bool
 
 
@@ -211,12 +222,40 @@ class DataModel:
             day = date.fromordinal(ordinal)
             if ordinal <= retained_until:
                 data.append(self._day(campaign_id, send_id, pair, day, extras))
-            elif pair.empty_after_retention:
-                data.append(
-                    {"time": day.isoformat(), "messages": {}, "conversions": 0,
-                     "unique_recipients": 0}
-                )  # fmt: skip
+            elif pair.quiet != "missing":
+                data.append(self._quiet_day(campaign_id, send_id, pair, day, extras))
         return {"message": "success", "data": data}
+
+    def _quiet_day(self, campaign_id: str, send_id: str, pair: _Pair, day: date, extras: bool) -> dict[str, Any]:
+        """A day past the retention: nothing but ``time``, or day totals without messages."""
+        result: dict[str, Any] = {"time": day.isoformat()}
+        if pair.quiet == "time_only":
+            return result
+        result["messages"] = {}
+        if pair.quiet == "empty_messages":
+            return result
+        rng = _rng(self.seed, "quiet", campaign_id, send_id, day.toordinal())
+        shape = rng.random()
+        if shape < 1 / 3:  # the shortest zero day seen: two fields
+            result.update(conversions=0, unique_recipients=0)
+            return result
+        keys = _conversion_keys(pair.conversion_events)
+        if shape < 2 / 3:  # every field, all zero
+            result.update(dict.fromkeys(keys, 0), unique_recipients=0, revenue=0)
+        else:  # late conversions: attributed to this day, to no send of this day
+            age = (day - pair.send_date).days
+            conversions = rng.randint(1, max(1, int(pair.volume * 0.02 / age)))
+            for key in keys:
+                if key.endswith("_by_send_time"):
+                    result[key] = 0
+                else:
+                    result[key] = conversions if key == "conversions" else int(conversions * rng.random())
+            result["unique_recipients"] = 0
+            result["revenue"] = _revenue(conversions * rng.uniform(1.0, 80.0))
+        if extras and pair.has_extras:
+            extra = _rng(self.seed, "extras", campaign_id, send_id, day.toordinal())
+            result[EXTRA_DAY_FIELD] = int(result["conversions"] * extra.uniform(0.0, 0.5))
+        return result
 
     def _make_pair(self, campaign_id: str, send_id: str) -> _Pair:
         campaign = _rng(self.seed, "campaign", campaign_id)
@@ -247,7 +286,7 @@ class DataModel:
             channels=channels,
             conversion_events=conversion_events,
             control_group=control_group,
-            empty_after_retention=rng.random() < 0.5,
+            quiet=QUIET_STYLES[bisect.bisect(_QUIET_CUTS, rng.random())],
             has_extras=rng.random() < 1 / 3,
         )
 

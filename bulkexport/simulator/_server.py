@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import json
 import math
 import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from http import HTTPStatus
 from types import TracebackType
@@ -27,7 +29,7 @@ MAX_TIMESTAMPS = 1_000_000
 
 FaultKind = Literal[
     "status", "html", "rate_limit", "latency", "hang", "reset",
-    "truncate", "short_body", "malformed", "bad_shape", "not_success",
+    "truncate", "short_body", "malformed", "bad_shape", "not_success", "bad_value",
 ]  # fmt: skip
 FAULT_KINDS: frozenset[str] = frozenset(FaultKind.__args__)  # type: ignore[attr-defined]
 
@@ -45,6 +47,13 @@ class FaultRule:
     request that loses the ``probability`` roll does not use up one of the ``times``.
     ``delay`` is slept before the rule acts, whatever its kind; a ``hang`` with no delay
     hangs until the simulator stops.
+
+    ``bad_value`` serves the normal payload with one field set to ``value``: in the first
+    send_stats entry of the first day that has one (``at="entry"``), or on the first day
+    that carries data (``at="day"``). ``value`` is any JSON value, and more: the body is
+    written by the standard ``json`` module, so an int beyond 64 bits is served as its
+    digits and ``float("inf")`` as ``Infinity`` (not JSON). A pair with no such entry or
+    day is served unchanged.
     """
 
     kind: FaultKind
@@ -55,7 +64,10 @@ class FaultRule:
     match: Callable[[str, str], bool] | None = None
     retry_after: str | None = None
     message: str | None = None
-    fired: collections.Counter[tuple[str, str]] = field(
+    field: str | None = None
+    value: Any = None
+    at: Literal["entry", "day"] = "entry"
+    fired: collections.Counter[tuple[str, str]] = dataclasses.field(
         default_factory=collections.Counter, init=False, repr=False, compare=False
     )
     """How often the rule has fired, per (campaign_id, send_id)."""
@@ -67,6 +79,10 @@ class FaultRule:
             raise ValueError("probability must be within [0, 1]")
         if self.times is not None and self.times < 0:
             raise ValueError("times must be >= 0 or None")
+        if self.kind == "bad_value" and not self.field:
+            raise ValueError("a bad_value rule needs the field to replace")
+        if self.at not in ("entry", "day"):
+            raise ValueError("at must be 'entry' or 'day'")
 
     def _fires(self, pair: tuple[str, str], rng: random.Random) -> bool:
         if self.times is not None and self.fired[pair] >= self.times:
@@ -84,13 +100,13 @@ class SimulatorStats:
     """Spies for tests and benchmarks: what the client actually sent, and what it got."""
 
     requests: int = 0
-    by_status: collections.Counter[int] = field(default_factory=collections.Counter)
+    by_status: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)
     resets: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
-    per_pair: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
-    timestamps: list[float] = field(default_factory=list)
-    last_queries: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=1000))
+    per_pair: collections.Counter[tuple[str, str]] = dataclasses.field(default_factory=collections.Counter)
+    timestamps: list[float] = dataclasses.field(default_factory=list)
+    last_queries: collections.deque[str] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=1000))
 
     def reset(self) -> None:
         """Zero the counters; ``in_flight`` is live state, so it survives."""
@@ -389,9 +405,26 @@ async def _fault(
         return web.Response(body=_MALFORMED, content_type=_JSON)
     if kind == "bad_shape":
         return _json(200, {"message": "success", "data": {"oops": 1}})
+    if kind == "bad_value":
+        return web.Response(body=_bad_value(rule, body), content_type=_JSON)
     # "not_success": a 200 whose export failed, which only ``message`` reveals.
     message = rule.message or "Export failed: internal error"
     return _json(200, {"message": message, "data": []})
+
+
+def _bad_value(rule: FaultRule, body: bytes) -> bytes:
+    """The normal body with ``rule.field`` set to ``rule.value`` at the rule's place."""
+    payload = orjson.loads(body)
+    for day in payload["data"]:
+        if rule.at == "entry":
+            entries = [e for es in day.get("messages", {}).values() for e in es]
+            if entries:
+                entries[0][rule.field] = rule.value
+                break
+        elif day.get("messages") or set(day) - {"time", "messages"}:
+            day[rule.field] = rule.value
+            break
+    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 async def _short_body(request: web.BaseRequest, body: bytes, headers: dict[str, str]) -> web.StreamResponse:

@@ -1,0 +1,368 @@
+"""Property-based tests of the flattener, through its public API only (``Flattener.add`` and
+``build``): the safety net for any rewrite of flatten.
+
+* Random well-formed responses (known and unknown channels, random key order, missing and
+  extra metrics, control-group entries, int or float revenue, unicode, empty and very long
+  variation names, days out of order or listed twice) flatten to exactly the rows of the
+  independent dict-per-row reference in ``tests/truth.py``, types included, whatever the
+  builds in between.
+* Random malformed responses never produce a row and never raise anything but
+  ``BadResponse`` from ``add()`` (structure) or a rejection reported by ``build()`` (values,
+  conflicting copies of a day).
+
+Examples: 120 + 120, under 10 s on 2 shared cores (``BULKEXPORT_EXAMPLES=5000`` for a long
+hunt). Under CI (``CI`` set, as .ci/run does) the examples are derandomized: the same ones
+every run, so a red CI is never a new random example that nobody can reproduce; locally they
+are random, and a failure is kept in hypothesis's example database and replayed first on the
+next run.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import os
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from bulkexport.errors import BadResponse
+from bulkexport.flatten import Flattener
+from bulkexport.schema import (
+    KNOWN_CHANNELS,
+    STATS_INT_METRICS,
+    STATS_SCHEMA,
+    TOTALS_INT_METRICS,
+    TOTALS_SCHEMA,
+)
+
+from .truth import Rejected, response_rows
+
+CI = bool(os.environ.get("CI"))
+PROFILE = settings(
+    max_examples=int(os.environ.get("BULKEXPORT_EXAMPLES", "120")),
+    deadline=None,
+    derandomize=CI,
+    database=None if CI else settings.default.database,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+
+STATS_KNOWN = {*STATS_INT_METRICS, "revenue"}
+TOTALS_KNOWN = {*TOTALS_INT_METRICS, "revenue"}
+UNKNOWN_CHANNELS = ["line", "rcs", "Ünïcode channel", ""]
+UNKNOWN_FIELDS = ["amp_opens", "friend_adds", "carousel_slide_1_Summer Sale_click", "Ünï/metric", "date", ""]
+FIRST_DAY = date(2026, 11, 1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# -- well-formed values --------------------------------------------------------------------
+
+counts = st.one_of(
+    st.integers(0, 10**7),
+    st.integers(-(2**63), 2**63 - 1),  # negative and extreme counts are stored as sent
+    st.integers(-(2**53), 2**53).map(float),  # 3.0 is the count 3
+    st.none(),
+)
+revenues = st.one_of(
+    st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.just(0),
+    st.none(),
+)
+names = st.one_of(
+    st.text(max_size=12),
+    st.just(""),
+    st.builds(lambda s, n: s * n, st.text(min_size=1, max_size=4), st.integers(200, 1500)),  # very long
+    st.none(),
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)  # fmt: skip
+
+
+def _value(name: str) -> st.SearchStrategy[Any]:
+    if name == "revenue":
+        return revenues
+    if name in ("variation_name", "variation_api_id"):
+        return names
+    if name in STATS_KNOWN or name in TOTALS_KNOWN:
+        return counts
+    return json_values
+
+
+@st.composite
+def _object(draw: st.DrawFn, pool: list[str], max_size: int) -> dict[str, Any]:
+    """Fields drawn from the pool, in a random order, each with a value of its kind."""
+    keys = draw(st.lists(st.sampled_from(pool), unique=True, max_size=max_size))
+    return {k: draw(_value(k)) for k in keys}
+
+
+ENTRY_POOL = [*sorted(STATS_KNOWN), "variation_name", "variation_api_id", "time", "channel", *UNKNOWN_FIELDS]
+
+
+@st.composite
+def entries(draw: st.DrawFn) -> dict[str, Any]:
+    if draw(st.integers(0, 4)) == 0:  # a control group: enrolled, no send counts
+        control = {"variation_name": "Control Group", "enrolled": draw(counts)}
+        control.update(draw(_object(["unique_recipients", "revenue", "conversions", "conversions1"], 4)))
+        return control
+    return draw(_object(ENTRY_POOL, 12))
+
+
+@st.composite
+def days(draw: st.DrawFn, when: date) -> dict[str, Any]:
+    time = when.isoformat() + draw(st.sampled_from(["", "", "T00:00:00Z", "T23:59:59-05:00"]))
+    day: dict[str, Any] = {"time": time}
+    shape = draw(st.sampled_from(["full", "full", "time_only", "empty", "totals_only", "no_messages_key"]))
+    if shape in ("full", "empty", "totals_only"):
+        channels = draw(st.lists(st.sampled_from(sorted(KNOWN_CHANNELS) + UNKNOWN_CHANNELS), unique=True, max_size=3))
+        day["messages"] = {} if shape != "full" else {c: draw(st.lists(entries(), max_size=3)) for c in channels}
+    if shape in ("full", "totals_only", "no_messages_key"):
+        day.update(draw(_object(sorted(TOTALS_KNOWN) + UNKNOWN_FIELDS, 8)))
+    return _shuffled(draw, day)
+
+
+def _shuffled(draw: st.DrawFn, obj: dict[str, Any]) -> dict[str, Any]:
+    keys = draw(st.permutations(list(obj)))
+    return {k: obj[k] for k in keys}
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> dict[str, Any]:
+    offsets = draw(st.lists(st.integers(0, 30), unique=True, max_size=5))  # out of order
+    data = [draw(days(FIRST_DAY + timedelta(days=o))) for o in offsets]
+    if data and draw(st.booleans()):
+        i = draw(st.integers(0, len(data) - 1))
+        twin = _shuffled(draw, copy.deepcopy(data[i]))
+        if draw(st.booleans()):  # a conflicting copy: one number differs
+            twin["conversions"] = (data[i].get("conversions") or 0) + 1
+        data.insert(draw(st.integers(0, len(data))), twin)
+    return {"message": "success", "data": data}
+
+
+# -- malformed responses ---------------------------------------------------------------------
+
+STRUCTURAL = [
+    "not_json", "not_object", "no_message", "message_failed", "data_not_list", "day_not_object",
+    "no_time", "time_not_string", "time_not_date", "messages_not_object", "channel_not_list",
+    "entry_not_object",
+]  # fmt: skip
+BAD_VALUES = {
+    "int": [1.5, "12", True, False, {}, [1], 2**63, -(2**63) - 1, 2**64, 2.0**60, 1e300],
+    "revenue": ["12.50", True, False, {"usd": 1}, [], 2**53 + 1, -(2**63)],
+    "str": [7, 1.5, True, {}, ["A"]],
+}
+
+
+@st.composite
+def malformed(draw: st.DrawFn) -> tuple[str, bytes, dict[str, Any] | None]:
+    """(what is wrong, the body, the payload if it is still JSON of the documented shape)."""
+    doc = draw(responses())
+    kind = draw(st.sampled_from([*STRUCTURAL, "bad_value"]))
+    if kind == "bad_value":
+        _put_bad_value(draw, doc)
+        return kind, _dumps(draw, doc), doc
+    return kind, _break(draw, kind, doc), None
+
+
+def _put_bad_value(draw: st.DrawFn, doc: dict[str, Any]) -> None:
+    data = doc["data"]
+    if not data:
+        data.append({"time": "2026-11-15"})
+    day = draw(st.sampled_from(data))
+    entries_ = [e for es in (day.get("messages") or {}).values() for e in es]
+    if entries_ and draw(st.booleans()):
+        target, pool = draw(st.sampled_from(entries_)), [*sorted(STATS_KNOWN), "variation_name", "variation_api_id"]
+    else:
+        target, pool = day, sorted(TOTALS_KNOWN)
+    name = draw(st.sampled_from(pool))
+    group = "revenue" if name == "revenue" else "str" if name.startswith("variation") else "int"
+    target[name] = draw(st.sampled_from(BAD_VALUES[group]))
+
+
+def _break(draw: st.DrawFn, kind: str, doc: dict[str, Any]) -> bytes:
+    data = doc["data"]
+    if kind == "not_json":
+        body = _dumps(draw, doc)
+        return body[: draw(st.integers(0, len(body) - 1))]
+    if kind == "not_object":
+        return _dumps(draw, [doc])
+    if kind == "no_message":
+        del doc["message"]
+    elif kind == "message_failed":
+        doc["message"] = draw(st.sampled_from(["Export failed", "", None, 1, "SUCCESS", ["success"]]))
+    elif kind == "data_not_list":
+        doc["data"] = draw(st.sampled_from([None, {}, {"time": "2026-11-01"}, "[]", 3]))
+    else:
+        if not data:
+            data.append({"time": "2026-11-15", "messages": {"email": [{"sent": 1}]}})
+        day = draw(st.sampled_from(data))
+        if kind == "day_not_object":
+            data[data.index(day)] = draw(st.sampled_from([None, 1, "2026-11-01", [day]]))
+        elif kind == "no_time":
+            del day["time"]
+        elif kind == "time_not_string":
+            day["time"] = draw(st.sampled_from([None, 20261101, ["2026-11-01"], {"date": "2026-11-01"}]))
+        elif kind == "time_not_date":
+            day["time"] = draw(st.sampled_from(["", "yesterday", "2026-13-01", "2026-02-30", "11/01/2026"]))
+        elif kind == "messages_not_object":
+            day["messages"] = draw(st.sampled_from([[], [{"email": []}], "email", 0, True]))
+        else:
+            messages = day.setdefault("messages", {})
+            if type(messages) is not dict:
+                day["messages"] = messages = {}
+            channel = draw(st.sampled_from(["email", "line"]))
+            if kind == "channel_not_list":
+                messages[channel] = draw(st.sampled_from([None, {}, {"sent": 1}, "A", 0]))
+            else:
+                entry = draw(st.sampled_from([None, 0, "A", ["sent", "1"], [{"sent": 1}], True]))
+                messages.setdefault(channel, []).insert(0, entry)
+    return _dumps(draw, doc)
+
+
+def _dumps(draw: st.DrawFn, doc: Any) -> bytes:
+    # The standard library writes ints of any size and raw or escaped unicode.
+    return json.dumps(doc, ensure_ascii=draw(st.booleans())).encode()
+
+
+# -- the properties --------------------------------------------------------------------------
+
+
+def _bag(rows: list[dict[str, Any]]) -> collections.Counter[tuple[Any, ...]]:
+    """Rows as a multiset, each value with its type; nulls and absent fields are the same."""
+    out: collections.Counter[tuple[Any, ...]] = collections.Counter()
+    for row in rows:
+        items = []
+        for k, v in row.items():
+            if v is None or k in ("exported_at", "run_id"):
+                continue
+            if k == "extra_metrics":
+                v = sorted(v)
+            items.append((k, type(v).__name__, repr(v)))
+        out[tuple(sorted(items))] += 1
+    return out
+
+
+class _Run:
+    """Feeds responses to one Flattener, building at random points, and keeps the output."""
+
+    def __init__(self) -> None:
+        self.flat = Flattener("run-1")
+        self.stats: list[dict[str, Any]] = []
+        self.totals: list[dict[str, Any]] = []
+        self.done: list[int] = []
+        self.rejected: dict[int, str] = {}
+        self.ts: dict[tuple[str, str], int] = {}
+
+    def add(self, token: int, body: bytes) -> None:
+        cid, sid = f"c{token % 2}", f"s-{token}-ü"
+        self.ts[cid, sid] = 1_790_000_000_000_000 + token
+        self.flat.add(token, cid, sid, body, self.ts[cid, sid])
+
+    def build(self) -> None:
+        fb = self.flat.build()
+        assert len(self.flat) == 0
+        for batch in fb.stats:
+            assert batch.schema == STATS_SCHEMA  # one type per column, whatever the batch held
+            self.stats += batch.to_pylist()
+        for batch in fb.totals:
+            assert batch.schema == TOTALS_SCHEMA
+            self.totals += batch.to_pylist()
+        assert fb.stats_rows == sum(b.num_rows for b in fb.stats)
+        assert fb.totals_rows == sum(b.num_rows for b in fb.totals)
+        assert not set(fb.done) & set(fb.rejected)
+        self.done += fb.done
+        self.rejected.update(fb.rejected)
+
+    def check_rows(self, payloads: dict[int, dict[str, Any]]) -> None:
+        """Every row is the reference's, once; run_id and exported_at are the response's."""
+        want_stats: list[dict[str, Any]] = []
+        want_totals: list[dict[str, Any]] = []
+        for token in self.done:
+            s, t = response_rows(f"c{token % 2}", f"s-{token}-ü", payloads[token], STATS_KNOWN, TOTALS_KNOWN)
+            want_stats += s
+            want_totals += t
+        assert _bag(self.stats) == _bag(want_stats)
+        assert _bag(self.totals) == _bag(want_totals)
+        for row in self.stats + self.totals:
+            assert row["run_id"] == "run-1"
+            micros = (row["exported_at"] - EPOCH) // timedelta(microseconds=1)
+            assert micros == self.ts[row["campaign_id"], row["send_id"]]
+
+
+@PROFILE
+@given(st.lists(responses(), min_size=1, max_size=4), st.lists(st.booleans(), min_size=4, max_size=4))
+def test_well_formed_responses_equal_the_reference(docs: list[dict[str, Any]], build_after: list[bool]) -> None:
+    run = _Run()
+    conflicting = set()
+    for token, doc in enumerate(docs):
+        try:
+            response_rows("c", "s", doc, STATS_KNOWN, TOTALS_KNOWN)
+        except Rejected:
+            conflicting.add(token)  # a day listed twice with different contents
+        run.add(token, json.dumps(doc).encode())
+        if build_after[token]:
+            run.build()
+    run.build()
+    assert set(run.rejected) == conflicting
+    for reason in run.rejected.values():
+        assert reason.endswith("is listed twice with different contents; no row of this response was written")
+    assert sorted(run.done) == [t for t in range(len(docs)) if t not in conflicting]
+    run.check_rows(dict(enumerate(docs)))
+
+
+@PROFILE
+@given(st.lists(st.one_of(malformed(), responses().map(lambda d: ("", json.dumps(d).encode(), d))),
+                min_size=1, max_size=5))  # fmt: skip
+def test_malformed_responses_never_write_a_row(cases: list[tuple[str, bytes, dict[str, Any] | None]]) -> None:
+    run = _Run()
+    structural, by_value, payloads = set(), set(), {}
+    for token, (kind, body, doc) in enumerate(cases):
+        try:
+            run.add(token, body)
+        except BadResponse as exc:
+            assert kind in STRUCTURAL, (kind, exc)
+            assert "\n" not in str(exc) and len(str(exc)) < 300
+            structural.add(token)
+            continue
+        assert kind not in STRUCTURAL, f"{kind} was accepted: {body[:200]!r}"
+        assert doc is not None
+        payloads[token] = doc
+        try:
+            response_rows("c", "s", doc, STATS_KNOWN, TOTALS_KNOWN)
+        except Rejected:
+            by_value.add(token)
+        else:
+            assert kind == "", "a bad value the reference accepts"
+    run.build()
+    assert set(run.rejected) == by_value
+    assert sorted(run.done) == sorted(set(payloads) - by_value)
+    run.check_rows(payloads)  # only the good responses' rows, each exactly once
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_bool_is_never_a_number(value: bool) -> None:
+    """Python's bool is an int: explicit examples, whatever hypothesis draws. A bool next to
+    floats in one column is the case pyarrow's inference would turn into 1.0."""
+    run = _Run()
+    cases = [
+        ({"sent": 3.0, "revenue": 1.5}, {"conversions": 2.0, "revenue": 0.5}),  # good
+        ({"sent": value, "revenue": 1.5}, {"conversions": 2.0, "revenue": 0.5}),
+        ({"sent": 3.0, "revenue": value}, {"conversions": 2.0, "revenue": 0.5}),
+        ({"sent": 3.0, "revenue": 1.5}, {"conversions": value, "revenue": 0.5}),
+        ({"sent": 3.0, "revenue": 1.5}, {"conversions": 2.0, "revenue": value}),
+    ]
+    for token, (entry, totals) in enumerate(cases):
+        day = {"time": "2026-11-20", "messages": {"email": [{"variation_name": "A", **entry}]}, **totals}
+        run.add(token, json.dumps({"message": "success", "data": [day]}).encode())
+    run.build()
+    assert sorted(run.rejected) == [1, 2, 3, 4] and run.done == [0]
+    assert [(r["sent"], r["revenue"]) for r in run.stats] == [(3, 1.5)]
+    assert [(r["conversions"], r["revenue"]) for r in run.totals] == [(2, 0.5)]
