@@ -84,7 +84,7 @@ def redact_secret(text: str, secret: str) -> str:
 class ApiKey:
     """The REST API key, wrapped so that no repr, str, log record or traceback shows it."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_raw", "_value")
 
     def __init__(self, value: str) -> None:
         if not isinstance(value, str):
@@ -104,6 +104,7 @@ class ApiKey:
                 "or the key file)"
             )
         self._value = value
+        self._raw = value.encode()  # for the search in every response body
 
     def reveal(self) -> str:
         """Return the key itself; only the HTTP layer calls this, to build one header."""
@@ -116,7 +117,7 @@ class ApiKey:
     def redact_bytes(self, data: bytes) -> bytes:
         """``data`` without the key, for response bodies; unchanged (same object) when the key
         is absent, which a substring search tells at memory speed."""
-        if self._value.encode() not in data:
+        if self._raw not in data:
             return data
         # surrogateescape round-trips any byte, so a body that is not UTF-8 keeps its bytes.
         return self.redact(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
