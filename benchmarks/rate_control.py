@@ -23,7 +23,7 @@ from typing import Any
 import bulkexport
 from bulkexport.simulator import Simulator
 
-KEY = "bench-key"
+KEY = "0f8b2c6e-3d1a-4e5f-9b7c-2a6d8e4f1c03"  # shaped like a Braze key (36 characters)
 ANCHOR = date(2026, 11, 27)
 
 

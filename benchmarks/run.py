@@ -47,7 +47,7 @@ from urllib.parse import quote
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-API_KEY = "bench-key"
+API_KEY = "0f8b2c6e-3d1a-4e5f-9b7c-2a6d8e4f1c03"  # shaped like a Braze key (36 characters)
 SEED = 0
 ANCHOR = date(2026, 11, 27)
 ENDING_AT = "2026-11-27T23:59:59Z"

@@ -13,16 +13,16 @@ import signal
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from .client import format_ending_at
-from .config import ApiKey, ExportConfig
+from .config import ApiKey, ExportConfig, retention_warning
 from .errors import ConfigError
-from .pairs import PairSource, iter_items, iter_pair_file
+from .pairs import IdCheck, PairSource, iter_items, iter_pair_file
 from .pipeline import Exporter
-from .state import DONE, FAILED, RunState
+from .state import DONE, FAILED, PENDING, RunState
 from .storage import open_target, state_dir_for
 from .summary import ExportSummary, Progress
 
@@ -34,7 +34,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def _config(
     endpoint: str | None,
     api_key: str | ApiKey | None,
-    ending_at: datetime | str | None,
+    ending_at: datetime | date | str | None,
     run_id: str | None,
     allow_custom_endpoint: bool,
     options: dict[str, Any],
@@ -61,7 +61,7 @@ async def export_async(
     *,
     endpoint: str | None = None,
     api_key: str | ApiKey | None = None,
-    ending_at: datetime | str | None = None,
+    ending_at: datetime | date | str | None = None,
     run_id: str | None = None,
     pairs_format: str | None = None,
     retry_failed: bool = False,
@@ -129,14 +129,26 @@ class Plan:
     per_window: float  # requests it may spend per rate-limit window (reserve and share applied)
     window_seconds: float
     estimated_seconds: float
+    ids_trimmed: int = 0  # ids of the input whose surrounding whitespace was removed
+    pairs_in_run: int = 0  # pairs the run already has (0: a new run)
+    pairs_new: int = 0  # pairs of the input the run does not have yet
+    warning: str | None = None  # the series lies wholly outside what Braze keeps
 
     def lines(self) -> list[str]:
         hours, rest = divmod(int(self.estimated_seconds + 0.5), 3600)
+        pairs = f"pairs      {self.pairs_unique:,} unique of {self.pairs_read:,} read"
+        if self.ids_trimmed:
+            pairs += f", {self.ids_trimmed:,} ids trimmed"
+        if self.pairs_in_run:
+            pairs += (
+                f"; the run has {self.pairs_in_run:,} ({self.pairs_done:,} already done, "
+                f"{self.pairs_failed:,} failed), {self.pairs_new:,} of these are new to it"
+            )
         return [
             f"run        {self.run_id} (dry run: no request sent)",
             f"series     {self.window}",
-            f"pairs      {self.pairs_unique:,} unique of {self.pairs_read:,} read"
-            + (f"; {self.pairs_done:,} already done, {self.pairs_failed:,} failed" if self.pairs_done else ""),
+            *([f"warning    {self.warning}"] if self.warning else []),
+            pairs,
             f"requests   {self.requests:,} (one per pair to fetch, before retries)",
             f"pace       {self.rate:,.1f} requests/s, at most {self.per_window:,.0f} per "
             f"{self.window_seconds:g}s window",
@@ -150,7 +162,7 @@ def make_plan(
     *,
     endpoint: str | None = None,
     api_key: str | ApiKey | None = None,
-    ending_at: datetime | str | None = None,
+    ending_at: datetime | date | str | None = None,
     run_id: str | None = None,
     pairs_format: str | None = None,
     allow_custom_endpoint: bool = False,
@@ -159,29 +171,34 @@ def make_plan(
     """Read and check the pairs (a file or a sync iterable), look at the run's state, and
     estimate the work, without any network traffic."""
     cfg = _config(endpoint, api_key, ending_at, run_id, allow_custom_endpoint, options)
+    check = IdCheck()
     if isinstance(pairs, str | Path):
-        items = iter_pair_file(pairs, pairs_format)
+        items = iter_pair_file(pairs, pairs_format, check)
     elif isinstance(pairs, Iterable):
-        items = iter_items(pairs)
+        items = iter_items(pairs, check=check)
     else:
         raise ConfigError("a plan needs a pairs file or a plain (not async) iterable of pairs")
-    with tempfile.TemporaryDirectory(prefix="bulkexport-plan-") as tmp:
-        spool = RunState(Path(tmp) / "plan.sqlite")
-        try:
-            read, unique = spool.ingest(p for _, p in items)
-        finally:
-            spool.close()
-    done = failed = 0
     existing = state_dir_for(open_target(out), cfg.run_id, Path(cfg.state_dir) if cfg.state_dir else None) / (
         "state.sqlite"
     )
-    if existing.exists() and not cfg.overwrite:
-        state = RunState(existing)
+    done = failed = pending = in_run = 0
+    with tempfile.TemporaryDirectory(prefix="bulkexport-plan-") as tmp:
+        spool = RunState(Path(tmp) / "plan.sqlite")
         try:
-            done, failed = state.count(DONE), state.count(FAILED)
+            read, unique, new = spool.ingest(p for _, p in items)
+            if existing.exists() and not cfg.overwrite:
+                # The run's pairs are the union of its inputs: only the new ones and those
+                # still pending cost requests.
+                new = spool.count_absent_from(existing)
+                state = RunState(existing)
+                try:
+                    done, failed, pending = state.count(DONE), state.count(FAILED), state.count(PENDING)
+                    in_run = state.count()
+                finally:
+                    state.close()
         finally:
-            state.close()
-    requests = max(unique - done - failed, 0)
+            spool.close()
+    requests = pending + new
     per_window = min(cfg.share, 1 - cfg.reserve) * cfg.rate_limit
     seconds = max(requests / cfg.rate, requests / per_window * cfg.window) if requests else 0.0
     return Plan(
@@ -196,6 +213,10 @@ def make_plan(
         per_window=per_window,
         window_seconds=cfg.window,
         estimated_seconds=seconds,
+        ids_trimmed=check.trimmed,
+        pairs_in_run=in_run,
+        pairs_new=new,
+        warning=retention_warning(cfg.ending_at, cfg.length),
     )
 
 
@@ -246,7 +267,7 @@ def stream_batches(
     *,
     endpoint: str | None = None,
     api_key: str | ApiKey | None = None,
-    ending_at: datetime | str | None = None,
+    ending_at: datetime | date | str | None = None,
     pairs_format: str | None = None,
     allow_custom_endpoint: bool = False,
     **options: Any,

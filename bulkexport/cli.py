@@ -22,14 +22,16 @@ import logging
 import os
 import shutil
 import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
 from ._version import __version__
 from .api import export_async, make_plan
+from .config import redact_secret
 from .errors import AuthError, ConfigError, ExportInterrupted, StorageError
 from .pipeline import Exporter
 from .settings import add_export_options, resolve
@@ -52,16 +54,29 @@ log = logging.getLogger("bulkexport")
 
 
 class _Redact(logging.Filter):
-    """Last line of defence: no log record leaves with the key in it."""
+    """Last line of defence: no log record leaves with the key in it, traceback included.
+
+    Uses the library's one redaction rule (whole occurrences of the key), so a short key that
+    is refused still cannot garble the message that refuses it.
+    """
 
     def __init__(self, secret: str) -> None:
         super().__init__()
         self._secret = secret
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._secret and self._secret in record.getMessage():
-            record.msg = record.getMessage().replace(self._secret, "***")
-            record.args = None
+        if not self._secret:
+            return True
+        message = record.getMessage()
+        clean = redact_secret(message, self._secret)
+        if clean is not message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_secret(record.exc_text, self._secret)
+        if record.stack_info:
+            record.stack_info = redact_secret(record.stack_info, self._secret)
         return True
 
 
@@ -74,11 +89,16 @@ class _JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = record.exc_text or self.formatException(record.exc_info)
         return orjson.dumps(doc).decode()
 
 
+_LEVELS = ("debug", "info", "warning", "error")
+
+
 def _setup_logging(level: str, fmt: str, key: str | None = None) -> logging.Handler:
+    if level.lower() not in _LEVELS:
+        level = "info"  # a bad $BULKEXPORT_LOG_LEVEL is reported by resolve(), with exit 2
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
@@ -104,8 +124,16 @@ example (nightly):
 _EXIT_HELP = "\nexit codes:\n" + "".join(f"  {k}  {v}\n" for k, v in EXIT_CODES.items())
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (a scheduler's log shows the reason, not forty
+    lines of usage), still exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="bulkexport",
         description="Export Braze send analytics (GET /sends/data_series) for many "
         "(campaign_id, send_id) pairs into Hive-partitioned Parquet.",
@@ -153,7 +181,10 @@ def _print_summary(summary: ExportSummary) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
     if args.command is None:
         _parser().print_help()
         return EXIT_CONFIG
@@ -211,6 +242,7 @@ _LIBRARY_OPTIONS = (
     "length", "rate_limit", "share", "reserve", "max_rate", "burst", "concurrency", "request_timeout",
     "max_attempts", "checkpoint_interval", "overwrite", "state_dir",
 )  # fmt: skip
+_MAX_BODY_MB = 1024
 
 
 class _Bar:
@@ -257,7 +289,11 @@ async def _export(settings: dict[str, Any], exporters: list[Exporter]) -> Export
 
 def _library_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings that the library entry points take as keywords."""
+    mb = settings["max_body_mb"]
+    if isinstance(mb, bool) or not isinstance(mb, int) or not 1 <= mb <= _MAX_BODY_MB:
+        raise ConfigError(f"--max-body-mb must be a whole number of MiB from 1 to {_MAX_BODY_MB}, got {mb!r}")
     return {
+        "max_body_bytes": mb * 2**20,
         "endpoint": settings["endpoint"],
         "api_key": settings["api_key"],
         "ending_at": settings["ending_at"],
@@ -299,8 +335,9 @@ async def _demo(args: argparse.Namespace, exporters: list[Exporter]) -> ExportSu
     from .simulator import FaultRule, Simulator
 
     anchor = date.today()
+    key = str(uuid.uuid4())  # shaped like a real Braze key (a UUID), fresh for every demo
     async with Simulator(
-        api_key="demo-key", seed=7, anchor_date=anchor, rate_limit=args.limit, rate_window=2.0, extras=True
+        api_key=key, seed=7, anchor_date=anchor, rate_limit=args.limit, rate_window=2.0, extras=True
     ) as sim:
         # A little trouble, so the summary shows retries: 2% of pairs see one 503 first.
         sim.faults.append(FaultRule(kind="status", status=503, times=1, probability=0.02))
@@ -309,7 +346,7 @@ async def _demo(args: argparse.Namespace, exporters: list[Exporter]) -> ExportSu
             _demo_pairs(args.pairs),
             args.out,
             endpoint=sim.url,
-            api_key="demo-key",
+            api_key=key,
             ending_at=datetime(anchor.year, anchor.month, anchor.day, 23, 59, 59, tzinfo=UTC),
             run_id="demo",
             rate_limit=args.limit,

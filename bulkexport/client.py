@@ -21,6 +21,7 @@ from ._version import __version__
 from .config import ExportConfig
 from .errors import (
     AuthError,
+    BadResponse,
     PermanentError,
     RateLimited,
     ServerError,
@@ -51,6 +52,28 @@ def _braze_message(body: bytes) -> str:
         return str(doc["message"])[:500]
     text = body[:200].decode("utf-8", "replace")
     return " ".join(text.split()) or "(empty body)"
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """The body, or ``None`` when it is larger than ``cap`` bytes.
+
+    A declared ``Content-Length`` over the cap is refused before a byte is read; otherwise
+    the body is read chunk by chunk and abandoned as soon as it passes the cap, so a huge or
+    endless body never costs more than the cap (plus one chunk) in memory. The connection is
+    then closed rather than drained.
+    """
+    if resp.content_length is not None and resp.content_length > cap:
+        resp.close()
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > cap:
+            resp.close()
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -131,7 +154,7 @@ class BrazeClient:
             self.requests += 1
             try:
                 async with session.get(self.url(pair), allow_redirects=False) as resp:
-                    body = await resp.read()
+                    body = await _read_capped(resp, self._cfg.max_body_bytes)
                     status = resp.status
                     limiter.observe(resp.headers)
                     retry_after = resp.headers.get("Retry-After")
@@ -140,10 +163,18 @@ class BrazeClient:
             except aiohttp.ClientPayloadError:
                 raise TransportError("truncated transfer: connection closed before the whole body") from None
             except aiohttp.ClientError as exc:
-                raise TransportError(f"{type(exc).__name__}: {exc}") from None
+                raise TransportError(self._cfg.api_key.redact(f"{type(exc).__name__}: {exc}")) from None
         finally:
             limiter.release()
         self.statuses[status] = self.statuses.get(status, 0) + 1
+        if body is None:
+            too_big = f"response body larger than {self._cfg.max_body_bytes:,} bytes (max_body_bytes); not read"
+            if status == 200:
+                raise BadResponse(too_big)
+            body = too_big.encode()  # the status still decides: retried, recorded or fatal
+        # Whatever the server echoed (a quoted Authorization header), the key goes no further:
+        # not into a message, a failure reason, a log line or a Parquet value.
+        body = self._cfg.api_key.redact_bytes(body)
         if status == 200:
             return body
         message = _braze_message(body)

@@ -38,7 +38,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from ._version import __version__
 from .client import BrazeClient, format_ending_at
-from .config import ExportConfig
+from .config import ExportConfig, retention_warning
 from .errors import (
     AttemptError,
     ConfigError,
@@ -50,9 +50,9 @@ from .errors import (
 )
 from .flatten import Flattener
 from .limiter import RateController
-from .pairs import Pair, iter_items, iter_pair_file, pair_from_item
+from .pairs import IdCheck, Pair, iter_items, iter_pair_file, pair_from_item
 from .sink import Sink
-from .state import DONE, FAILED, PENDING, RunState
+from .state import DONE, FAILED, PENDING, Ingested, RunState
 from .storage import open_target
 from .summary import ExportSummary, Progress
 
@@ -186,13 +186,17 @@ class Exporter:
             and self._sink.published_elsewhere()
         ):
             s.status = "already_complete"
-            log.info("run %s is already complete in %s (finished on another machine)", cfg.run_id, self.out)
+            log.warning(
+                "run %s is already complete in %s (finished on another machine, whose state holds its pairs): "
+                "this input was not compared with them; use --run-id to export new pairs",
+                cfg.run_id,
+                self.out,
+            )
             return s
         state = self._open_state()
         cfg = self.cfg  # a resumed run may have taken back its original ending_at
         await self._ingest(state, source)
         s.pairs_total = state.count()
-        s.pairs_read = int(state.get("pairs_read") or s.pairs_total)
         if self._retry_failed:
             n = state.reset_failed()
             log.info("retrying %d pair(s) that failed before", n)
@@ -214,6 +218,9 @@ class Exporter:
             log.info("removed %d incomplete checkpoint file(s) left by an earlier crash", removed)
         self._seq = int(state.get("next_seq") or 0)
         if pending:
+            warning = retention_warning(cfg.ending_at, cfg.length)
+            if warning:
+                log.warning("%s", warning)
             log.info(
                 "run %s: %d pairs, %d to fetch%s; length=%d ending_at=%s, pacing at %.1f req/s",
                 cfg.run_id,
@@ -280,44 +287,54 @@ class Exporter:
         return state
 
     async def _ingest(self, state: RunState, source: Any) -> None:
-        if state.get("ingested"):
-            if source is not None and not isinstance(source, str | Path):
-                log.info("resuming run %s: using its recorded pairs", self.cfg.run_id)
-            return
+        """Add the input's pairs to the run: the run's pairs are the union of every input
+        given for its run id, so a rerun with new pairs fetches exactly those, and pairs
+        already in the run (done, failed or pending) are never fetched twice."""
+        check = IdCheck()
+        had = state.count()
         if isinstance(source, str | Path):
-            read, unique = await asyncio.to_thread(
-                state.ingest, (p for _, p in iter_pair_file(source, self._pairs_format))
+            got = await asyncio.to_thread(
+                state.ingest, (p for _, p in iter_pair_file(source, self._pairs_format, check))
             )
         elif isinstance(source, AsyncIterable):
-            read, unique = await self._ingest_async(state, source)
+            got = await self._ingest_async(state, source, check)
         elif isinstance(source, Iterable):
-            read, unique = await asyncio.to_thread(state.ingest, (p for _, p in iter_items(source)))
+            got = await asyncio.to_thread(state.ingest, (p for _, p in iter_items(source, check=check)))
         else:
             raise ConfigError(
                 f"pairs must be a file path or an iterable of pairs, not {type(source).__name__}"
             )
-        if unique == 0:
+        s = self.summary
+        s.pairs_read, s.pairs_duplicates, s.pairs_added = got.read, got.read - got.unique, got.added
+        s.ids_trimmed = check.trimmed
+        if got.unique == 0:
             log.warning("the pairs input holds no pairs")
-        state.put("pairs_read", read)
-        state.put("ingested", True)
-        if read != unique:
-            log.info("read %d pairs, %d duplicates ignored", read, read - unique)
+        if got.read != got.unique:
+            log.info("read %d pairs, %d duplicates ignored", got.read, got.read - got.unique)
+        if check.trimmed:
+            log.info(
+                "trimmed surrounding whitespace from %d id(s) (the first: %s)", check.trimmed, check.first_trimmed
+            )
+        if had and got.added:
+            log.info(
+                "run %s: %d new pair(s) added to the %d it had; only they are fetched", self.cfg.run_id, got.added, had
+            )
 
-    async def _ingest_async(self, state: RunState, source: AsyncIterable[Any]) -> tuple[int, int]:
+    async def _ingest_async(self, state: RunState, source: AsyncIterable[Any], check: IdCheck) -> Ingested:
         state.begin_ingest()
         read, buf = 0, []
         try:
             async for item in source:
                 read += 1
-                buf.append(pair_from_item(item, "<pairs>", read))
+                buf.append(pair_from_item(item, "<pairs>", read, check))
                 if len(buf) >= 10_000:
                     state.insert(buf)
             state.insert(buf)
         except BaseException:
             state.abort_ingest()
             raise
-        state.finish_ingest()
-        return read, state.count()
+        unique, added = state.finish_ingest()
+        return Ingested(read, unique, added)
 
     # -- fetching -------------------------------------------------------------------------
     async def _fetch(self, state: RunState) -> None:
@@ -473,13 +490,16 @@ class Exporter:
     def _record_failure(self, pid: int, pair: Pair, exc: AttemptError, attempts: int) -> None:
         self._failed += 1
         when = datetime.now(UTC).isoformat(timespec="seconds")
-        self._buf_failed.append((pid, exc.status, exc.reason, attempts, when))
+        # Reasons come from Braze's answers: redacted before they reach the state, the
+        # manifest or a log, whatever the server chose to echo.
+        redact = self.cfg.api_key.redact
+        self._buf_failed.append((pid, exc.status, redact(exc.reason), attempts, when))
         log.warning(
             "pair failed for good after %d attempt(s): campaign_id=%r send_id=%r: %s",
             attempts,
             pair.campaign_id,
             pair.send_id,
-            exc,
+            redact(str(exc)),
         )
 
     def _build(self) -> None:
@@ -492,6 +512,7 @@ class Exporter:
         self._buf_done.extend(fb.done)
         when = datetime.now(UTC).isoformat(timespec="seconds")
         for token, reason in fb.rejected.items():
+            reason = self.cfg.api_key.redact(reason)
             self._ok, self._failed = self._ok - 1, self._failed + 1
             self._buf_failed.append((token, 200, reason, 1, when))
             log.warning("pair %d rejected: %s", token, reason)
@@ -639,7 +660,7 @@ class Exporter:
                 "campaign_id": f.campaign_id,
                 "send_id": f.send_id,
                 "status": f.status,
-                "message": f.message,
+                "message": self.cfg.api_key.redact(f.message),  # also for a state an older version wrote
                 "attempts": f.attempts,
                 "failed_at": f.failed_at,
             }

@@ -17,13 +17,25 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import date, datetime
 from typing import Any
 
-from .config import DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_LENGTH, DEFAULT_RATE_LIMIT, DEFAULT_RESERVE
+from .config import (
+    DEFAULT_BURST,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LENGTH,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_RATE_LIMIT,
+    DEFAULT_RESERVE,
+)
 from .errors import ConfigError
 
 __all__ = ["ENV", "OPTIONS", "Option", "add_export_options", "resolve"]
+
+#: A config file or key file larger than this is not one (``/dev/zero`` given by mistake
+#: must not be read to the end of memory).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_KEY_FILE_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +53,9 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("pairs", "--pairs", str, None, "pairs file: CSV with header campaign_id,send_id, JSON Lines, or Parquet",
-           metavar="FILE"),
+    Option("pairs", "--pairs", str, None,
+           "pairs file: CSV with header campaign_id,send_id, JSON Lines, or Parquet; '-' reads standard input "
+           "(with --pairs-format)", metavar="FILE"),
     Option("pairs_format", "--pairs-format", str, None, "format of --pairs when its extension does not tell",
            choices=("csv", "jsonl", "parquet")),
     Option("out", "--out", str, None, "output root: a folder, or an object-store URI such as s3://bucket/prefix",
@@ -58,7 +71,8 @@ OPTIONS: tuple[Option, ...] = (
            f"days of series per pair, 1-100 (default {DEFAULT_LENGTH}: the 14-day retention plus one day of "
            "time-zone margin; length costs no extra requests)", metavar="DAYS"),
     Option("ending_at", "--ending-at", str, None,
-           "end of the series, ISO-8601 (default: now; a bare date means its last second)", metavar="ISO"),
+           "end of the series, ISO-8601 (default: now); a date alone (2026-11-27, 20261127) means its last "
+           "second, 23:59:59 UTC", metavar="ISO"),
     Option("run_id", "--run-id", str, None,
            "run id (default: the date of --ending-at); the same id resumes the same run", metavar="ID"),
     Option("state_dir", "--state-dir", str, None,
@@ -86,6 +100,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_attempts", "--max-attempts", int, 6,
            "attempts per pair for 5xx, timeouts and bad bodies (default 6; 429s are not counted)",
            group="requests", metavar="N"),
+    Option("max_body_mb", "--max-body-mb", int, DEFAULT_MAX_BODY_BYTES // 2**20,
+           f"largest response body read, in MiB, 1-1024 (default {DEFAULT_MAX_BODY_BYTES // 2**20}); a larger one is "
+           "retried like a 5xx, then the pair is recorded as failed", group="requests", metavar="MIB"),
     Option("checkpoint_interval", "--checkpoint-interval", float, 5.0,
            "seconds between checkpoints (default 5): a crash costs about this much work, plus one checkpoint "
            "write and the requests in flight", group="requests", metavar="S"),
@@ -122,6 +139,16 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
                                metavar=o.metavar, choices=o.choices)
 
 
+def _check_text(label: str, value: str) -> str:
+    """A text setting given explicitly must say something: an empty ``--run-id ""`` or
+    ``endpoint = ""`` silently meant "the default" before, which hid the mistake."""
+    if not value.strip():
+        raise ConfigError(f"{label} is empty")
+    if "\0" in value:
+        raise ConfigError(f"{label} contains a NUL character")
+    return value
+
+
 def _coerce(o: Option, value: Any, source: str) -> Any:
     if o.type is bool:
         if isinstance(value, bool):
@@ -129,6 +156,9 @@ def _coerce(o: Option, value: Any, source: str) -> Any:
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
             return value.lower() in ("1", "true", "yes")
         raise ConfigError(f"{source}: {o.dest} must be true or false, got {value!r}")
+    if o.dest == "ending_at" and isinstance(value, date | datetime):
+        # TOML has dates and datetimes of its own: `ending_at = 2026-11-27` is natural there.
+        return value.isoformat()
     if o.type is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, o.type) or isinstance(value, bool):
@@ -138,17 +168,34 @@ def _coerce(o: Option, value: Any, source: str) -> Any:
             value = None
         if value is None:
             raise ConfigError(f"{source}: {o.dest} must be {o.type.__name__}") from None
+    if isinstance(value, str):
+        _check_text(f"{source}: {o.dest}", value)
     if o.choices and value not in o.choices:
         raise ConfigError(f"{source}: {o.dest} must be one of {', '.join(o.choices)}, got {value!r}")
     return value
 
 
-def _toml(path: str) -> dict[str, Any]:
+def read_small_file(path: str, limit: int, what: str) -> bytes:
+    """The bytes of a file that must be small (a key, a config file); reads at most ``limit``
+    + 1 bytes, so a device or a huge file given by mistake is refused, not read to the end."""
     try:
         with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
+            data = fh.read(limit + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the path
+        raise ConfigError(f"cannot read {what} {path!r}: {exc}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{what} {path} is larger than {limit:,} bytes; is it the right file?")
+    return data
+
+
+def _toml(path: str) -> dict[str, Any]:
+    data = read_small_file(path, MAX_CONFIG_BYTES, "config file")
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     section = doc.get("export", doc)
@@ -170,13 +217,20 @@ def resolve(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     """
     env = os.environ if environ is None else environ
     settings: dict[str, Any] = {o.dest: o.default for o in OPTIONS}
-    config_path = given.get("config") or env.get("BULKEXPORT_CONFIG")
+    flags = {k: v for k, v in given.items() if k in _BY_DEST}
+    for dest, value in flags.items():
+        if isinstance(value, str):
+            _check_text(_BY_DEST[dest].flag, value)
+    config_path = given.get("config")
+    if config_path is not None and not str(config_path).strip():
+        raise ConfigError("--config: the path is empty")
+    config_path = config_path or env.get("BULKEXPORT_CONFIG")
     if config_path:
         settings.update(_toml(config_path))
     for var, dest in ENV.items():
         if env.get(var):
             settings[dest] = _coerce(_BY_DEST[dest], env[var], f"${var}")
-    settings.update({k: v for k, v in given.items() if k in _BY_DEST})
+    settings.update(flags)
     for required in ("pairs", "out"):
         if not settings.get(required):
             raise ConfigError(f"--{required} is required (or '{required}' in the config file)")
@@ -193,7 +247,11 @@ def resolve(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
 
 
 def _read_key(path: str) -> str:
+    data = read_small_file(path, MAX_KEY_FILE_BYTES, "the API key file")
     try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the API key file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        key = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"the API key file {path} is not UTF-8 text; is it the right file?") from None
+    if not key:
+        raise ConfigError(f"the API key file {path} is empty")
+    return key

@@ -22,6 +22,7 @@ and Parquet encoding release the GIL.
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -77,6 +78,11 @@ class Sink:
     def prepare(self) -> None:
         with storage_errors(f"create the run state folder {self.run_dir}"):
             self.staging.mkdir(parents=True, exist_ok=True)
+            # Owner-only, whatever the umask: the state holds Braze's messages and the run's
+            # parameters. The dataset itself keeps the default mode: it is meant to be read.
+            for folder in (self.run_dir, self.staging):
+                if folder.stat().st_mode & 0o777 != 0o700:
+                    folder.chmod(0o700)
             probe = self.staging / f".probe{_TMP_SUFFIX}"
             probe.write_bytes(b"")
             probe.unlink()
@@ -120,6 +126,7 @@ class Sink:
                     pa.OSFile(str(tmp), "wb") as sink,
                     pa.ipc.new_file(sink, TABLES[name], options=_IPC_OPTIONS) as writer,
                 ):
+                    os.chmod(tmp, 0o600)  # created by Arrow with the umask's mode
                     offset = 0
                     for index, entry in enumerate(counts.to_pylist()):
                         day, rows = entry["values"], entry["counts"]
@@ -180,7 +187,7 @@ class Sink:
         final = self.run_dir / name
         tmp = self.run_dir / f".{name}{_TMP_SUFFIX}"
         with storage_errors(f"write {final}"):
-            tmp.write_bytes(data)
+            _write_private(tmp, data)
             commit_file(tmp, final)
         if self.target.local:
             return str(final)
@@ -208,6 +215,14 @@ class Sink:
                 for name in ("manifest.json", "failures.jsonl"):
                     self.target.delete(f"{STATE_DIR}/runs/{self.run_id}/{name}")
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new owner-only (0600) file, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fd, 0o600)  # a leftover file of that name may have had another mode
+        fh.write(data)
 
 
 class _PartitionWriter:

@@ -9,19 +9,20 @@ not at all, whatever kills the process.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from .errors import StorageError
 from .pairs import Pair
 
-__all__ = ["DONE", "FAILED", "PENDING", "Failure", "PartRecord", "RunState"]
+__all__ = ["DONE", "FAILED", "PENDING", "Failure", "Ingested", "PartRecord", "RunState", "private_file"]
 
 PENDING, DONE, FAILED = 0, 1, 2
 _SCHEMA_VERSION = 1
@@ -64,6 +65,33 @@ CREATE TABLE IF NOT EXISTS published (
 """
 
 
+def private_file(path: Path) -> None:
+    """Create ``path`` if needed and make it owner-only (0600), whatever the umask.
+
+    The state holds failure reasons taken from Braze's answers and the run's parameters:
+    nobody but the job's own user has a reason to read it. SQLite creates its ``-wal`` and
+    ``-shm`` files with the database file's mode, so creating that one first is enough.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != 0o600:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):  # left by an older version or a crash
+        side = path.with_name(path.name + suffix)
+        if side.exists() and side.stat().st_mode & 0o777 != 0o600:
+            side.chmod(0o600)
+
+
+class Ingested(NamedTuple):
+    """What one ingest of a pairs input did to the run."""
+
+    read: int  # records read, duplicates included
+    unique: int  # distinct pairs in this input
+    added: int  # pairs new to the run (the rest were in it already)
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """A pair that failed for good, as recorded in the failures table and file."""
@@ -95,12 +123,14 @@ class RunState:
     never from two threads at once: the pipeline serialises all access.
     """
 
-    __slots__ = ("_db", "path")
+    __slots__ = ("_db", "_fresh", "path")
 
     def __init__(self, path: Path) -> None:
         self.path = path  # the database file
+        self._fresh = False  # the ingest in progress goes straight into an empty run
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -145,8 +175,10 @@ class RunState:
             raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
 
     # -- pairs -------------------------------------------------------------------------------
-    def ingest(self, pairs: Iterable[Pair], chunk: int = 10_000) -> tuple[int, int]:
-        """Spool pairs; return ``(read, unique)``. Duplicates are dropped by the index."""
+    def ingest(self, pairs: Iterable[Pair], chunk: int = 10_000) -> Ingested:
+        """Add pairs to the run, in one transaction; duplicates and pairs already in the run
+        are ignored, so ingesting the same input twice changes nothing, and a new input adds
+        exactly its new pairs (the run's pairs are the union of its inputs)."""
         self.begin_ingest()
         read = 0
         buf: list[Pair] = []
@@ -159,21 +191,38 @@ class RunState:
         except BaseException:
             self.abort_ingest()
             raise
-        self.finish_ingest()
-        return read, self.count()
+        unique, added = self.finish_ingest()
+        return Ingested(read, unique, added)
 
     def begin_ingest(self) -> None:
-        """Start spooling; until :meth:`finish_ingest` nothing is visible to a resume."""
+        """Start spooling; until :meth:`finish_ingest` nothing is visible to a resume.
+
+        An empty run takes the pairs directly. A run that has pairs gets them through a
+        temporary table first (on disk, like the run), which tells the input's own
+        duplicates from the pairs the run already had; the extra pass costs time only on
+        reruns, never memory.
+        """
         try:
+            self._fresh = self.count() == 0
             self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM pairs")
+            if not self._fresh:
+                self._db.execute(
+                    "CREATE TEMP TABLE incoming (campaign_id TEXT NOT NULL, send_id TEXT NOT NULL, "
+                    "UNIQUE (campaign_id, send_id))"
+                )
         except sqlite3.Error as exc:
+            self.abort_ingest()
             raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
 
     def insert(self, buf: list[Pair]) -> int:
         """Add a chunk of pairs to the spool (inside :meth:`begin_ingest`); clears ``buf``."""
+        sql = (
+            "INSERT OR IGNORE INTO pairs(campaign_id, send_id) VALUES (?, ?)"
+            if self._fresh
+            else "INSERT OR IGNORE INTO temp.incoming(campaign_id, send_id) VALUES (?, ?)"
+        )
         try:
-            self._db.executemany("INSERT OR IGNORE INTO pairs(campaign_id, send_id) VALUES (?, ?)", buf)
+            self._db.executemany(sql, buf)
         except sqlite3.Error as exc:
             self.abort_ingest()
             raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
@@ -181,16 +230,43 @@ class RunState:
         buf.clear()
         return n
 
-    def finish_ingest(self) -> None:
+    def finish_ingest(self) -> tuple[int, int]:
+        """Commit the spool; return ``(unique pairs in the input, pairs new to the run)``."""
         try:
+            if self._fresh:
+                unique = added = self.count()
+            else:
+                unique = int(self._db.execute("SELECT count(*) FROM temp.incoming").fetchone()[0])
+                added = self._db.execute(
+                    "INSERT OR IGNORE INTO pairs(campaign_id, send_id) "
+                    "SELECT campaign_id, send_id FROM temp.incoming ORDER BY rowid"
+                ).rowcount
+                self._db.execute("DROP TABLE temp.incoming")
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self.abort_ingest()
             raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
+        return unique, added
 
     def abort_ingest(self) -> None:
         if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
+            self._db.execute("ROLLBACK")  # the temporary table goes with it
+
+    def count_absent_from(self, other: Path) -> int:
+        """How many of these pairs the run state at ``other`` does not hold (a dry run's
+        "new to the run"); one index lookup per pair, nothing loaded in memory."""
+        try:
+            self._db.execute("ATTACH DATABASE ? AS other", (str(other),))
+            try:
+                row = self._db.execute(
+                    "SELECT count(*) FROM main.pairs p WHERE NOT EXISTS (SELECT 1 FROM other.pairs o "
+                    "WHERE o.campaign_id = p.campaign_id AND o.send_id = p.send_id)"
+                ).fetchone()
+            finally:
+                self._db.execute("DETACH DATABASE other")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read run state {other}: {exc}") from exc
+        return int(row[0])
 
     def count(self, status: int | None = None) -> int:
         if status is None:

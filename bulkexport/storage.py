@@ -112,9 +112,16 @@ class Target:
 def open_target(out: str | Path) -> Target:
     """Resolve ``out`` (a path or a URI) to a :class:`Target`; raise ConfigError if unusable."""
     text = str(out)
-    parts = urlsplit(text)
+    if not text.strip() or "\0" in text:
+        raise ConfigError(f"output {text!r} is not a usable folder or URI")
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:
+        raise ConfigError(f"cannot use output {text!r}: {exc}") from None
     if len(parts.scheme) <= 1 or parts.scheme == "file":  # a path (or C:\\ on Windows)
         local = parts.path if parts.scheme == "file" else text
+        if not local:
+            raise ConfigError(f"output {text!r} names no folder")
         return Target(text, pafs.LocalFileSystem(), str(Path(local).absolute()), local=True)
     if parts.username or parts.password:
         raise ConfigError("do not put credentials in the output URI; use the store's standard environment")
@@ -127,7 +134,10 @@ def open_target(out: str | Path) -> Target:
     try:
         fs, root = pafs.FileSystem.from_uri(text)
     except (ValueError, OSError) as exc:
-        raise ConfigError(f"cannot use output {text!r}: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot use output {text!r}: {first}") from None
+    if not root.strip("/"):
+        raise ConfigError(f"output {text!r} names no bucket or container")
     return Target(text, fs, root, local=isinstance(fs, pafs.LocalFileSystem))
 
 

@@ -22,7 +22,10 @@ class ExportSummary:
     out: str
     status: Status = "complete"
     pairs_total: int = 0  # unique pairs in the run
-    pairs_read: int = 0  # records read from the input (duplicates included)
+    pairs_read: int = 0  # records read from this invocation's input (duplicates included)
+    pairs_duplicates: int = 0  # records of this input that repeat an earlier one of it
+    pairs_added: int = 0  # pairs this input added to the run (all of them for a new run)
+    ids_trimmed: int = 0  # ids of this input whose surrounding whitespace was removed
     pairs_done: int = 0  # exported, in this run (all sessions)
     pairs_failed: int = 0  # failed for good
     pairs_resumed: int = 0  # already done when this invocation started
@@ -58,12 +61,17 @@ class ExportSummary:
     def lines(self) -> list[str]:
         """The human summary, one fact per line."""
         limit = f"{self.limit:,}/window (learnt)" if self.limit else "not reported"
+        notes = [f"{self.pairs_read:,} read", f"{self.pairs_duplicates:,} duplicates"]
+        if self.pairs_added != self.pairs_total:  # the run had pairs before this input
+            notes.append(f"{self.pairs_added:,} new to the run")
+        if self.ids_trimmed:
+            notes.append(f"{self.ids_trimmed:,} ids trimmed")
+        if self.pairs_resumed:
+            notes.append(f"{self.pairs_resumed:,} done before this session")
         return [
             f"run {self.run_id}: {self.status}",
             f"pairs      {self.pairs_done:,} exported, {self.pairs_failed:,} failed "
-            f"of {self.pairs_total:,} ({self.pairs_read:,} read, "
-            f"{self.pairs_read - self.pairs_total:,} duplicates"
-            + (f", {self.pairs_resumed:,} done before this session)" if self.pairs_resumed else ")"),
+            f"of {self.pairs_total:,} ({', '.join(notes)})",
             f"requests   {self.requests:,} ({self.retries:,} retries, {self.rate_limited:,} x 429)",
             f"rows       send_stats {self.stats_rows:,}, send_totals {self.totals_rows:,}",
             f"files      {self.files:,} Parquet files published",

@@ -111,11 +111,11 @@ async def test_row_groups_and_file_rotation(sim: Simulator, tmp_path: Path) -> N
     [
         ("camp/../x", "send=1/2"),
         ("..", "."),
-        ("with space", " lead and trail "),
+        ("with space", "inner  two  spaces"),
         ('quote"d', "it's"),
         ("üñîçødé-キャンペーン", "送信-🚀"),
         ("amp&er=sand?#", "percent%2B+plus"),
-        ("back\\slash", "tab\tsep"),
+        ("back\\slash", "no-break\u00a0space"),
     ],
 )
 async def test_awkward_ids_round_trip(sim: Simulator, tmp_path: Path, cid: str, sid: str) -> None:

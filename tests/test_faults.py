@@ -195,7 +195,7 @@ async def test_400_and_404_are_not_retried(sim: Simulator, tmp_path: Path, statu
 async def test_401_wrong_key_stops_the_run_and_resume_completes(sim: Simulator, tmp_path: Path) -> None:
     pairs = pairs_for(40)
     with pytest.raises(bulkexport.AuthError) as info:
-        await run(sim, pairs, tmp_path, api_key="not-the-key", concurrency=4)
+        await run(sim, pairs, tmp_path, api_key="not-the-key-0123456789", concurrency=4)
     assert info.value.status == 401
     assert info.value.message == "Invalid API key"
     assert "HTTP 401: Invalid API key" in str(info.value)

@@ -22,14 +22,14 @@ from .test_export import _check_equal
 
 async def test_csv_bom_extra_columns_quotes_and_blank_lines(sim: Simulator, tmp_path: Path) -> None:
     pairs = [
-        ("camp, with comma", "multi\nline send"),
+        ("camp, with comma", "send, with comma"),
         ("plain", "s1"),
         ('q"uote', "s,2"),
         ("plain", "s3"),
     ]
     text = (
         "\ufeffnote,send_id,campaign_id,extra\r\n"  # BOM, columns in another order, CRLF
-        '"a note, with a comma","multi\nline send","camp, with comma",x\r\n'
+        '"a note,\nover two lines","send, with comma","camp, with comma",x\r\n'
         "\r\n"
         ",s1,plain,\r\n"
         "   \r\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -81,17 +82,19 @@ def test_dry_run_prints_the_plan_and_sends_nothing(tmp_path: Path) -> None:
     key.write_text(API_KEY)
     cfg = _toml(tmp_path, f'pairs = "{pairs}"\nreserve = 0.3\n')
     out = tmp_path / "out"
+    # Today: a series Braze still holds, so the plan has no retention warning on any day.
+    today = date.today().isoformat()
     # The endpoint is a Braze host on the real internet: a dry run must not touch it.
     proc = subprocess.run(
         [sys.executable, "-m", "bulkexport.cli", "export", "--config", cfg, "--out", str(out),
          "--endpoint", "https://rest.iad-01.braze.com", "--api-key-file", str(key), "--dry-run",
-         "--ending-at", "2026-11-27T23:59:59Z"],
+         "--ending-at", f"{today}T23:59:59Z"],
         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
-        "run        2026-11-27 (dry run: no request sent)",
-        "series     15 days ending 2026-11-27T23:59:59Z",
+        f"run        {today} (dry run: no request sent)",
+        f"series     15 days ending {today}T23:59:59Z",
         "pairs      500 unique of 501 read",
         "requests   500 (one per pair to fetch, before retries)",
         "pace       69.4 requests/s, at most 175,000 per 3600s window",

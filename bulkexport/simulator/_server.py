@@ -11,6 +11,7 @@ import math
 import random
 import re
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -30,6 +31,7 @@ MAX_TIMESTAMPS = 1_000_000
 FaultKind = Literal[
     "status", "html", "rate_limit", "latency", "hang", "reset",
     "truncate", "short_body", "malformed", "bad_shape", "not_success", "bad_value",
+    "echo_auth", "echo_auth_text", "huge_body", "huge_chunked", "huge_gzip",
 ]  # fmt: skip
 FAULT_KINDS: frozenset[str] = frozenset(FaultKind.__args__)  # type: ignore[attr-defined]
 
@@ -54,6 +56,18 @@ class FaultRule:
     written by the standard ``json`` module, so an int beyond 64 bits is served as its
     digits and ``float("inf")`` as ``Infinity`` (not JSON). A pair with no such entry or
     day is served unchanged.
+
+    Hostile servers, for clients that must not trust what they are told:
+
+    * ``echo_auth``: answers ``status`` with a JSON body whose ``message`` quotes the request's
+      ``Authorization`` header verbatim (``message`` is the template; ``{authorization}`` is
+      replaced by the header). With ``status=200`` it is a 200 whose ``message`` is not
+      ``success``. ``echo_auth_text`` does the same as a ``text/plain`` body.
+    * ``huge_body``, ``huge_chunked``, ``huge_gzip``: a 200 of ``size`` bytes that is valid JSON
+      (the normal payload, padded with whitespace before its closing brace), generated while it
+      is sent so that the simulator itself stays small: with a ``Content-Length``, chunked
+      without one, and chunked with ``Content-Encoding: gzip`` (``size`` is then the
+      decompressed size: a compression bomb of a valid body).
     """
 
     kind: FaultKind
@@ -67,6 +81,7 @@ class FaultRule:
     field: str | None = None
     value: Any = None
     at: Literal["entry", "day"] = "entry"
+    size: int = 64 * 2**20
     fired: collections.Counter[tuple[str, str]] = dataclasses.field(
         default_factory=collections.Counter, init=False, repr=False, compare=False
     )
@@ -407,6 +422,16 @@ async def _fault(
         return _json(200, {"message": "success", "data": {"oops": 1}})
     if kind == "bad_value":
         return web.Response(body=_bad_value(rule, body), content_type=_JSON)
+    if kind in ("echo_auth", "echo_auth_text"):
+        template = rule.message or "request refused; received headers: Authorization: {authorization}"
+        message = template.replace("{authorization}", request.headers.get("Authorization", ""))
+        if kind == "echo_auth_text":
+            return web.Response(status=rule.status, text=message, content_type="text/plain")
+        if rule.status == 200:
+            return _json(200, {"message": message, "data": []})
+        return _json(rule.status, {"message": message, "errors": [message]})
+    if kind in ("huge_body", "huge_chunked", "huge_gzip"):
+        return await _huge_body(rule, request, body, headers)
     # "not_success": a 200 whose export failed, which only ``message`` reveals.
     message = rule.message or "Export failed: internal error"
     return _json(200, {"message": message, "data": []})
@@ -425,6 +450,44 @@ def _bad_value(rule: FaultRule, body: bytes) -> bytes:
             day[rule.field] = rule.value
             break
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+_BLOCK = 1 << 20
+
+
+async def _huge_body(
+    rule: FaultRule, request: web.BaseRequest, body: bytes, headers: dict[str, str]
+) -> web.StreamResponse:
+    """``rule.size`` bytes of valid JSON, produced block by block while they are written."""
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_type = _JSON
+    gzip = zlib.compressobj(wbits=31) if rule.kind == "huge_gzip" else None
+    if rule.kind == "huge_body":
+        response.content_length = max(rule.size, len(body))
+    else:
+        response.enable_chunked_encoding()
+    if gzip is not None:
+        response.headers["Content-Encoding"] = "gzip"
+    pad = max(rule.size - len(body), 0)
+    spaces = b" " * _BLOCK
+    try:
+        await response.prepare(request)
+
+        async def send(data: bytes) -> None:
+            await response.write(gzip.compress(data) if gzip is not None else data)
+
+        await send(body[:-1])
+        while pad:
+            block = spaces if pad >= _BLOCK else spaces[:pad]
+            pad -= len(block)
+            await send(block)
+        await send(body[-1:])
+        if gzip is not None:
+            await response.write(gzip.flush())
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client stopped reading (it has a cap): the connection is gone, so are we
+    return response
 
 
 async def _short_body(request: web.BaseRequest, body: bytes, headers: dict[str, str]) -> web.StreamResponse:
