@@ -60,16 +60,37 @@ channel, ``amp_opens`` on email, dynamic iOS click keys, a ``conversions_by_open
 field) that clients must keep rather than drop.
 
 ``python -m bulkexport.simulator --port 8080`` serves the same thing from a shell.
+
+Hours of Braze time without waiting for them: :class:`HourlyBraze` counts requests the way
+Braze does on a virtual clock (clock-hour windows, other clients, 429 storms, a limit that
+changes), :func:`drive` runs workers through it with any pacer, and :class:`VirtualTimeLoop`
+/ :func:`run_virtual` make ``asyncio.sleep(3600)`` return at once::
+
+    braze = HourlyBraze(epoch=1_790_002_800.0, competitor_from=1200.0, competitor_share=0.3)
+
+    async def three_hours():
+        async with RateController(limit=250_000, window=3600, reserve=0.1, wall=braze.wall) as pacer:
+            return await drive(pacer, braze, seconds=3 * 3600)
+
+    run = run_virtual(three_hours())   # seconds of CPU; braze.ours[window] is what Braze counted
 """
 
 from ._data import CHANNEL_METRICS, RETENTION_DAYS
 from ._server import FaultKind, FaultRule, Simulator, SimulatorStats
+from ._virtual import HOUR, HourlyBraze, Pacer, VirtualRun, VirtualTimeLoop, drive, run_virtual
 
 __all__ = [
     "CHANNEL_METRICS",
+    "HOUR",
     "RETENTION_DAYS",
     "FaultKind",
     "FaultRule",
+    "HourlyBraze",
+    "Pacer",
     "Simulator",
     "SimulatorStats",
+    "VirtualRun",
+    "VirtualTimeLoop",
+    "drive",
+    "run_virtual",
 ]

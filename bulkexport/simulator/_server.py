@@ -48,7 +48,9 @@ class FaultRule:
     can make every pair fail twice and then succeed, which is what retry tests need. A
     request that loses the ``probability`` roll does not use up one of the ``times``.
     ``delay`` is slept before the rule acts, whatever its kind; a ``hang`` with no delay
-    hangs until the simulator stops.
+    hangs until the simulator stops. ``headers`` are sent with the fault's answer and win over
+    the rate-limit ones: ``FaultRule(kind="rate_limit", retry_after="1",
+    headers={"X-RateLimit-Remaining": "0"})`` is a 429 storm as Braze may send one.
 
     ``bad_value`` serves the normal payload with one field set to ``value``: in the first
     send_stats entry of the first day that has one (``at="entry"``), or on the first day
@@ -77,6 +79,7 @@ class FaultRule:
     probability: float = 1.0
     match: Callable[[str, str], bool] | None = None
     retry_after: str | None = None
+    headers: dict[str, str] | None = None
     message: str | None = None
     field: str | None = None
     value: Any = None
@@ -327,7 +330,8 @@ class Simulator:
                 stats.resets += 1
                 return web.Response()  # aiohttp wants one; it goes nowhere
             if not response.prepared:
-                response.headers.update(headers)
+                for name, value in headers.items():  # a fault's own headers win
+                    response.headers.setdefault(name, value)
             stats.by_status[response.status] += 1
             return response
         finally:
@@ -369,7 +373,10 @@ class Simulator:
                     continue
                 if rule.kind == "hang":
                     break
-                return await _fault(rule, request, body, headers)
+                response = await _fault(rule, request, body, headers)
+                if response is not None and rule.headers and not response.prepared:
+                    response.headers.update(rule.headers)
+                return response
         return web.Response(body=body, content_type=_JSON)
 
     def _rate_limited(self, until_reset: float) -> web.Response:
