@@ -7,7 +7,6 @@ and never about aiohttp classes. No pyarrow here: bodies leave as bytes.
 
 from __future__ import annotations
 
-import email.utils
 import time
 from datetime import datetime
 from types import TracebackType
@@ -27,7 +26,7 @@ from .errors import (
     ServerError,
     TransportError,
 )
-from .limiter import RateController
+from .limiter import RateController, retry_after_seconds
 from .pairs import Pair
 
 __all__ = ["BrazeClient", "format_ending_at"]
@@ -74,22 +73,6 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), if usable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return seconds if seconds == seconds and seconds >= 0 else None  # NaN check
 
 
 class BrazeClient:
@@ -149,15 +132,15 @@ class BrazeClient:
         session = self._session
         assert session is not None, "use 'async with BrazeClient(...)'"
         limiter = self._limiter
-        await limiter.acquire()
+        ticket = await limiter.acquire()
+        status: int | None = None
+        headers = None
         try:
             self.requests += 1
             try:
                 async with session.get(self.url(pair), allow_redirects=False) as resp:
                     body = await _read_capped(resp, self._cfg.max_body_bytes)
-                    status = resp.status
-                    limiter.observe(resp.headers)
-                    retry_after = resp.headers.get("Retry-After")
+                    status, headers = resp.status, resp.headers
             except TimeoutError:
                 raise TransportError(f"no complete response within {self._cfg.request_timeout:g}s") from None
             except aiohttp.ClientPayloadError:
@@ -165,7 +148,9 @@ class BrazeClient:
             except aiohttp.ClientError as exc:
                 raise TransportError(self._cfg.api_key.redact(f"{type(exc).__name__}: {exc}")) from None
         finally:
-            limiter.release()
+            # Every ending reaches the limiter (a probe without an answer must not hold the pool).
+            limiter.finish(ticket, status, headers)
+        assert status is not None and headers is not None
         self.statuses[status] = self.statuses.get(status, 0) + 1
         if body is None:
             too_big = f"response body larger than {self._cfg.max_body_bytes:,} bytes (max_body_bytes); not read"
@@ -179,9 +164,7 @@ class BrazeClient:
             return body
         message = _braze_message(body)
         if status == 429:
-            pause = _retry_after(retry_after)
-            limiter.on_rate_limited(pause)
-            raise RateLimited(message, pause)
+            raise RateLimited(message, retry_after_seconds(headers.get("Retry-After"), time.time()))
         if status in (401, 403):
             raise AuthError(status, message)
         if status >= 500 or status in _RETRYABLE_4XX:

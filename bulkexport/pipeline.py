@@ -348,6 +348,13 @@ class Exporter:
             max_rate=cfg.max_rate,
             max_pause=cfg.max_pause,
         )
+        try:
+            await self._fetch_with(state, limiter)
+        finally:
+            await limiter.aclose()
+
+    async def _fetch_with(self, state: RunState, limiter: RateController) -> None:
+        cfg = self.cfg
         started = time.monotonic()
         queue: asyncio.Queue[tuple[int, Pair] | None] = asyncio.Queue(maxsize=cfg.concurrency * 2)
         fatal: BaseException | None = None

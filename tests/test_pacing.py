@@ -1,0 +1,275 @@
+"""The pacing controller driven through hours of Braze time, in a virtual-time event loop.
+
+Behaviour that scales with Braze's real hour (a pace set near the end of an hour, a wait for
+the reset, a learnt window) cannot show in a compressed two-second window. Here the real
+:class:`RateController` paces 64 workers against a model of Braze's clock-hour window
+(:mod:`bulkexport.simulator`'s ``HourlyBraze``): 250,000 requests per hour, 200 ms per
+request, the default 10% reserve, three hours long, nothing of the controller mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from bulkexport.limiter import RateController
+from bulkexport.simulator import HOUR, HourlyBraze, VirtualRun, drive, run_virtual
+
+EPOCH = 1_790_002_800.0  # the top of an hour (UTC), as an epoch second
+LIMIT = 250_000
+RESERVE = 0.1
+LATENCY = 0.2
+HOURS = 3
+
+
+def export_hours(braze: HourlyBraze) -> tuple[VirtualRun, RateController]:
+    async def scenario() -> tuple[VirtualRun, RateController]:
+        async with RateController(limit=LIMIT, window=HOUR, reserve=RESERVE, wall=braze.wall) as ctrl:
+            return await drive(ctrl, braze, seconds=HOURS * HOUR, latency=LATENCY), ctrl
+
+    return run_virtual(scenario())
+
+
+def check_gaps(starts: list[float]) -> None:
+    """No stretch longer than 2 s without a request start, unless it is a wait for the reset
+    that ends within 1 s of it."""
+    for a, b in itertools.pairwise(starts):
+        if b - a <= 2.0:
+            continue
+        reset = math.ceil((EPOCH + a) / HOUR) * HOUR - EPOCH  # the first reset after the gap began
+        assert reset <= b <= reset + 1.0, (
+            f"{b - a:.1f}s without a request, from {a:.1f}s to {b:.1f}s (reset at {reset:.0f}s)"
+        )
+
+
+def spent_per_hour(braze: HourlyBraze) -> dict[int, tuple[int, int]]:
+    """(ours, others) of every hour of the run."""
+    first = math.floor(EPOCH / HOUR)
+    return {w - first: (braze.ours[w], braze.others_in(w)) for w in range(first, first + HOURS)}
+
+
+def test_alone_every_hour_spends_its_budget_minus_the_reserve() -> None:
+    braze = HourlyBraze(EPOCH)
+    run, ctrl = export_hours(braze)
+    budget = LIMIT * (1 - RESERVE)
+    for hour, (ours, _) in spent_per_hour(braze).items():
+        assert 0.98 * budget <= ours <= budget + ctrl.stats.max_in_flight, (hour, ours)
+    assert braze.over_limit == [] and run.answers[429] == 0
+    check_gaps(run.starts)
+
+
+def test_a_competitor_from_minute_20_is_left_its_share() -> None:
+    braze = HourlyBraze(EPOCH, competitor_from=1200.0, competitor_share=0.3)
+    run, ctrl = export_hours(braze)
+    budget = LIMIT * (1 - RESERVE)
+    for hour, (ours, others) in spent_per_hour(braze).items():
+        # Together we spend what the window allows, never into the reserve by more than
+        # what was in flight: the competitor's spend is its own, we make room for it.
+        assert others > 0
+        assert 0.98 * budget <= ours + others <= budget + ctrl.stats.max_in_flight, (hour, ours, others)
+    assert braze.over_limit == [] and run.answers[429] == 0
+    check_gaps(run.starts)
+
+
+def test_429_storms_with_retry_after_cost_about_a_second_each() -> None:
+    rng = random.Random(5)
+    # A one-second storm of 429s (Remaining: 0, Retry-After: 1) every five minutes or so.
+    storms = [(t, t + 1.0) for t in sorted(rng.uniform(0, HOURS * HOUR) for _ in range(36))]
+    braze = HourlyBraze(EPOCH, storms=storms)
+    run, ctrl = export_hours(braze)
+    budget = LIMIT * (1 - RESERVE)
+    assert braze.storm_429 > 0 and ctrl.stats.pauses >= 30
+    for hour, (ours, _) in spent_per_hour(braze).items():
+        assert 0.98 * budget <= ours <= budget + ctrl.stats.max_in_flight, (hour, ours)
+    assert braze.over_limit == []
+    check_gaps(run.starts)  # a storm costs about a second, never the rest of the hour
+
+
+def test_a_limit_lowered_mid_hour_is_learnt_and_kept() -> None:
+    drop = 1.5 * HOUR
+    braze = HourlyBraze(EPOCH, limit_changes=[(drop, 100_000)])
+    run, ctrl = export_hours(braze)
+    hours = spent_per_hour(braze)
+    in_flight = ctrl.stats.max_in_flight
+    assert 0.98 * LIMIT * (1 - RESERVE) <= hours[0][0] <= LIMIT * (1 - RESERVE) + in_flight
+    assert 0.98 * 90_000 <= hours[2][0] <= 90_000 + in_flight, hours  # the new limit, minus 10%
+    # Only requests already under way when the limit dropped, or sent before the first
+    # answer after it arrived, may be refused; then the controller waits for the reset.
+    assert braze.over_limit and all(drop - LATENCY <= t <= drop + 2 * LATENCY for t in braze.over_limit)
+    check_gaps(run.starts)
+
+
+@pytest.mark.parametrize("phase", [0.7, 1.9])
+@pytest.mark.parametrize("latency_ms", [0, 30, 300])
+def test_unknown_window_is_learnt_without_stalling(latency_ms: int, phase: float) -> None:
+    """The window is not configured (3600 s assumed) while Braze counts 300 per 2 s, and the
+    run starts mid-window (or 0.1 s before a reset, so that the first answers come after it),
+    off the hour grid: the first answers already say how much may be spent before the reset,
+    and the pace never falls below that, nor stalls while the window is learnt."""
+    braze = HourlyBraze(1_790_000_000 + phase, limit=300, window=2.0)
+
+    async def scenario() -> VirtualRun:
+        async with RateController(limit=LIMIT, window=HOUR, reserve=0.0, wall=braze.wall) as ctrl:
+            return await drive(ctrl, braze, seconds=30.0, latency=max(latency_ms / 1000, 0.002), network=0.001)
+
+    run = run_virtual(scenario())
+    steady = [braze.ours[k] for k in sorted(braze.ours)[1:-1]]
+    assert run.answers[429] == 0
+    assert all(0.95 * 300 <= n <= 300 for n in steady), steady
+    assert max(b - a for a, b in itertools.pairwise(run.starts)) < 2.0
+
+
+# -- the controller alone, on the virtual clock ---------------------------------------------------
+def _headers(remaining: int, reset: float, limit: int = LIMIT, **more: str) -> dict[str, str]:
+    return {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": repr(reset), **more}  # fmt: skip
+
+
+def test_answers_out_of_order_are_not_read_as_another_client() -> None:
+    """90 slow requests of ours, counted by Braze but answered in reverse order: the budget
+    is measured in our own start counter, so nothing of it looks like someone else's spend."""
+
+    async def scenario() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        wall = lambda: EPOCH + 1.0 + loop.time()  # noqa: E731
+        reset = EPOCH + HOUR
+        async with RateController(limit=LIMIT, window=HOUR, reserve=RESERVE, wall=wall) as ctrl:
+            tickets = [await ctrl.acquire() for _ in range(90)]
+            await asyncio.sleep(200.0)  # past the observation guard (5% of the hour)
+            for t in reversed(tickets):
+                ctrl.finish(t, 200, _headers(LIMIT - t.seq - 1, reset))
+            return ctrl.target_rate, reset - wall()
+
+    rate, left = run_virtual(scenario())
+    assert rate == pytest.approx((LIMIT - 90 - LIMIT * RESERVE) / left, rel=1e-9)
+
+
+def test_a_429_without_retry_after_waits_for_the_reset_then_probes() -> None:
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        wall = lambda: EPOCH + 3000.0 + loop.time()  # noqa: E731  (600 s before the reset)
+        starts: list[float] = []
+        async with RateController(limit=LIMIT, window=HOUR, reserve=RESERVE, wall=wall) as ctrl:
+            first = await ctrl.acquire()
+            ctrl.finish(first, 429, _headers(0, EPOCH + HOUR))
+            for _ in range(3):
+                t = await ctrl.acquire()
+                starts.append(loop.time())
+                assert t.probe == (len(starts) == 1)  # the first start after the pause probes
+                if t.probe:
+                    assert ctrl.target_rate == 0.0  # nobody else starts while it is out
+                    await asyncio.sleep(0.2)
+                ctrl.finish(t, 200, _headers(LIMIT - 10, EPOCH + 2 * HOUR))
+        return starts
+
+    starts = run_virtual(scenario())
+    assert 600.0 <= starts[0] <= 600.25  # at the reset, within the reset jitter
+    assert starts[1] >= starts[0] + 0.2  # the pool resumes once the probe is answered
+
+
+def test_a_429_on_the_probe_escalates_to_the_reset() -> None:
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        wall = lambda: EPOCH + 3000.0 + loop.time()  # noqa: E731
+        starts: list[float] = []
+        async with RateController(limit=LIMIT, window=HOUR, reserve=RESERVE, wall=wall) as ctrl:
+            t = await ctrl.acquire()
+            ctrl.finish(t, 429, _headers(0, EPOCH + HOUR, **{"Retry-After": "2"}))
+            t = await ctrl.acquire()  # the probe, after Retry-After
+            starts.append(loop.time())
+            ctrl.finish(t, 429, _headers(0, EPOCH + HOUR, **{"Retry-After": "2"}))
+            t = await ctrl.acquire()  # the next probe waits for the reset, not 2 s more
+            starts.append(loop.time())
+            ctrl.finish(t, 200, _headers(LIMIT - 1, EPOCH + 2 * HOUR))
+            return starts
+
+    starts = run_virtual(scenario())
+    assert 2.0 <= starts[0] <= 2.2  # Retry-After plus at most a tenth of it
+    assert 600.0 <= starts[1] <= 600.25
+
+
+def test_a_429_of_a_request_sent_before_the_pause_is_the_same_storm() -> None:
+    async def scenario() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        wall = lambda: EPOCH + loop.time()  # noqa: E731
+        async with RateController(limit=LIMIT, window=HOUR, reserve=RESERVE, wall=wall) as ctrl:
+            early = [await ctrl.acquire() for _ in range(5)]
+            ra = {"Retry-After": "1"}
+            for t in early:  # five answers of one storm: one pause of about a second
+                ctrl.finish(t, 429, _headers(0, EPOCH + HOUR, **ra))
+            t = await ctrl.acquire()
+            return ctrl.stats.pauses, loop.time()
+
+    pauses, resumed = run_virtual(scenario())
+    assert pauses == 1 and 1.0 <= resumed <= 1.1
+
+
+def test_the_window_is_learnt_from_two_resets_and_a_lower_limit_from_the_header() -> None:
+    async def scenario() -> tuple[float, float, int | None]:
+        loop = asyncio.get_running_loop()
+        wall = lambda: 1_790_000_000.5 + loop.time()  # noqa: E731  (mid-window, off the hour grid)
+        async with RateController(limit=LIMIT, window=HOUR, wall=wall) as ctrl:
+            t = await ctrl.acquire()
+            ctrl.finish(t, 200, _headers(95, 1_790_000_010.0, limit=100))
+            during = ctrl.base_rate  # window unknown: at least the 9.5 s to the reset seen
+            await asyncio.sleep(10.0)
+            t = await ctrl.acquire()
+            ctrl.finish(t, 200, _headers(99, 1_790_000_020.0, limit=100))
+            return during, ctrl.base_rate, ctrl.stats.limit
+
+    during, learnt, limit = run_virtual(scenario())
+    assert during == pytest.approx(100 / 9.5)
+    assert learnt == pytest.approx(100 / 10.0)
+    assert limit == 100
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("1", 1.0), (" 2.5 ", 2.5), ("0", 0.0), ("-1", None), ("soon", None), ("", None), (None, None),
+     ("nan", None), ("inf", None), ("Sat, 28 Nov 2026 12:00:10 GMT", 10.0)],
+)  # fmt: skip
+def test_retry_after_values(value: str | None, seconds: float | None) -> None:
+    from bulkexport.limiter import retry_after_seconds
+
+    wall = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC).timestamp()
+    assert retry_after_seconds(value, wall) == seconds
+
+
+def test_a_window_nobody_saw_is_not_taken_for_the_window_length() -> None:
+    """Answers on either side of an idle spell may skip a whole window: a step of two windows
+    must not halve the pace; the next two consecutive resets teach the real length."""
+
+    async def scenario() -> list[float | None]:
+        loop = asyncio.get_running_loop()
+        wall = lambda: 1_790_001_000.5 + loop.time()  # noqa: E731
+        learnt: list[float | None] = []
+        async with RateController(limit=LIMIT, window=HOUR, wall=wall) as ctrl:
+            for at, reset in ((0.0, 1_790_001_010.0), (20.5, 1_790_001_030.0), (30.5, 1_790_001_040.0)):
+                await asyncio.sleep(at - loop.time())
+                t = await ctrl.acquire()
+                ctrl.finish(t, 200, _headers(99, reset, limit=100))
+                learnt.append(ctrl.stats.window)
+        return learnt
+
+    assert run_virtual(scenario()) == [None, None, 10.0]
+
+
+def test_a_limit_lowered_with_budget_left_is_not_read_as_another_client() -> None:
+    """Braze lowers the limit to 100,000 while 56,000 of the hour are spent: Remaining falls
+    by 150,000 at once, and nobody spent them. The run goes on with the hour's new budget."""
+    braze = HourlyBraze(EPOCH, limit_changes=[(900.0, 100_000)])
+
+    async def scenario() -> tuple[VirtualRun, RateController]:
+        async with RateController(limit=LIMIT, window=HOUR, reserve=RESERVE, wall=braze.wall) as ctrl:
+            return await drive(ctrl, braze, seconds=HOUR, latency=LATENCY), ctrl
+
+    run, ctrl = run_virtual(scenario())
+    spent = braze.ours[math.floor(EPOCH / HOUR)]
+    assert 0.98 * 90_000 <= spent <= 90_000 + ctrl.stats.max_in_flight
+    assert ctrl.stats.pauses == 0 and braze.over_limit == []
+    check_gaps(run.starts)
