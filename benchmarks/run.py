@@ -836,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
                 log("rate control (benchmarks/rate_control.py)")
                 import rate_control  # beside this file
 
-                rate_table = asyncio.run(rate_control.main(args.smoke, quiet=True))
+                rate_table = rate_control.main(args.smoke, quiet=True)
         except Exception:
             traceback.print_exc()
             print("benchmark FAILED", file=sys.stderr)
