@@ -15,10 +15,13 @@ from .api import BatchStream, export, export_async, make_plan, stream_batches
 from .config import ApiKey, ExportConfig
 from .errors import (
     AuthError,
+    BrazeUnavailable,
     BulkExportError,
     ConfigError,
     ExportInterrupted,
     PairsInputError,
+    RunInProgress,
+    RunStopped,
     StorageError,
 )
 from .pairs import Pair
@@ -29,6 +32,7 @@ __all__ = [
     "ApiKey",
     "AuthError",
     "BatchStream",
+    "BrazeUnavailable",
     "BulkExportError",
     "ConfigError",
     "ExportConfig",
@@ -36,6 +40,8 @@ __all__ = [
     "ExportSummary",
     "Pair",
     "PairsInputError",
+    "RunInProgress",
+    "RunStopped",
     "StorageError",
     "__version__",
     "dataset",

@@ -67,7 +67,7 @@ async def export_async(
     retry_failed: bool = False,
     allow_custom_endpoint: bool = False,
     handle_signals: bool = False,
-    on_exporter: Callable[[Exporter], None] | None = None,
+    wait: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     **options: Any,
 ) -> ExportSummary:
@@ -81,11 +81,16 @@ async def export_async(
     SIGTERM stop the run cleanly (resumable) instead of killing it. ``on_progress`` gets a
     :class:`Progress` snapshot twice a second while fetching (without it, a progress line is
     logged every 30 seconds).
+
+    One process exports a run at a time: if another holds it, :class:`RunInProgress` is raised
+    at once, or with ``wait`` this waits for it, then resumes or finds the run complete. A
+    run that stops early raises a :class:`RunStopped` whose ``summary`` counts what is
+    committed (pairs done, failed, pending, rows, files); the same call resumes it.
     """
     cfg = _config(endpoint, api_key, ending_at, run_id, allow_custom_endpoint, options)
-    exporter = Exporter(cfg, out, pairs_format=pairs_format, retry_failed=retry_failed, on_progress=on_progress)
-    if on_exporter is not None:
-        on_exporter(exporter)
+    exporter = Exporter(
+        cfg, out, pairs_format=pairs_format, retry_failed=retry_failed, on_progress=on_progress, wait=wait
+    )
     loop = asyncio.get_running_loop()
     installed = []
     if handle_signals:

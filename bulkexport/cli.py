@@ -11,6 +11,8 @@ Exit codes (batch schedulers key off these; documented in the README):
 4     Braze refused the key (401) or its permission (403)
 5     interrupted by SIGINT/SIGTERM; run the same command again to resume
 6     output or state could not be written (disk full, permissions)
+7     another process is exporting this run (same output, same run id); --wait waits
+8     Braze gave no usable answer for --max-outage; run the same command again to resume
 ====  ============================================================================
 """
 
@@ -32,14 +34,14 @@ import orjson
 from ._version import __version__
 from .api import export_async, make_plan
 from .config import redact_secret
-from .errors import AuthError, ConfigError, ExportInterrupted, StorageError
-from .pipeline import Exporter
+from .errors import AuthError, BrazeUnavailable, ConfigError, RunInProgress, RunStopped, StorageError
 from .settings import add_export_options, resolve
 from .summary import ExportSummary, Progress
 
 __all__ = ["EXIT_CODES", "main"]
 
-EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG, EXIT_PARTIAL, EXIT_AUTH, EXIT_INTERRUPTED, EXIT_STORAGE = range(7)
+(EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG, EXIT_PARTIAL, EXIT_AUTH, EXIT_INTERRUPTED, EXIT_STORAGE,
+ EXIT_RUN_IN_PROGRESS, EXIT_UNAVAILABLE) = range(9)  # fmt: skip
 EXIT_CODES = {
     EXIT_OK: "every pair exported (or the run was already complete)",
     EXIT_INTERNAL: "internal error",
@@ -48,6 +50,8 @@ EXIT_CODES = {
     EXIT_AUTH: "Braze refused the key or its permission",
     EXIT_INTERRUPTED: "interrupted; run again to resume",
     EXIT_STORAGE: "output or state could not be written",
+    EXIT_RUN_IN_PROGRESS: "another process is exporting this run (see --wait)",
+    EXIT_UNAVAILABLE: "Braze unavailable for --max-outage; run again to resume",
 }
 
 log = logging.getLogger("bulkexport")
@@ -193,31 +197,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         given.get("log_level") or os.environ.get("BULKEXPORT_LOG_LEVEL") or "info",
         given.get("log_format") or os.environ.get("BULKEXPORT_LOG_FORMAT") or "text",
     )
-    exporters: list[Exporter] = []
     try:
         if args.command == "demo":
-            code = _finish(asyncio.run(_demo(args, exporters)))
+            code = _finish(asyncio.run(_demo(args)))
             _print_demo_hints(args.out)
             return code
         settings = resolve(given)
         _setup_logging(settings["log_level"], settings["log_format"], settings["api_key"])
         if settings["dry_run"]:
             return _dry_run(settings)
-        return _finish(asyncio.run(_export(settings, exporters)))
+        return _finish(asyncio.run(_export(settings)))
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
-    except AuthError as exc:
+    except RunInProgress as exc:
         log.error("%s", exc)
-        _print_partial(exporters)
-        return EXIT_AUTH
-    except StorageError as exc:
-        log.error("%s; the published dataset is unchanged by the failed write", exc)
-        return EXIT_STORAGE
-    except ExportInterrupted as exc:
-        log.warning("%s", exc)
-        _print_partial(exporters)
-        return EXIT_INTERRUPTED
+        return EXIT_RUN_IN_PROGRESS
+    except RunStopped as exc:
+        return _stopped(exc)
     except KeyboardInterrupt:
         log.warning("interrupted before the run started")
         return EXIT_INTERRUPTED
@@ -226,10 +223,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def _print_partial(exporters: list[Exporter]) -> None:
-    if exporters:
-        for line in exporters[0].summary.lines()[1:]:
-            print(line)
+def _stopped(exc: RunStopped) -> int:
+    """A run that stopped early: why, then what is committed, and the code that says what a
+    scheduler should do next."""
+    if isinstance(exc, StorageError):
+        log.error("%s; the published dataset is unchanged by the failed write", exc)
+        code = EXIT_STORAGE
+    elif isinstance(exc, AuthError):
+        log.error("%s", exc)
+        code = EXIT_AUTH
+    elif isinstance(exc, BrazeUnavailable):
+        log.error("%s: stopping; the pairs not committed stay pending, run the same command again to resume", exc)
+        code = EXIT_UNAVAILABLE
+    else:
+        log.warning("%s", exc)
+        code = EXIT_INTERRUPTED
+    if exc.summary is not None:
+        _print_summary(exc.summary)
+    return code
 
 
 def _finish(summary: ExportSummary) -> int:
@@ -240,7 +251,7 @@ def _finish(summary: ExportSummary) -> int:
 
 _LIBRARY_OPTIONS = (
     "length", "rate_limit", "share", "reserve", "max_rate", "burst", "concurrency", "request_timeout",
-    "max_attempts", "checkpoint_interval", "overwrite", "state_dir",
+    "max_attempts", "checkpoint_interval", "overwrite", "state_dir", "max_outage",
 )  # fmt: skip
 _MAX_BODY_MB = 1024
 
@@ -278,10 +289,10 @@ class _Bar:
         self._bar.close()
 
 
-async def _export(settings: dict[str, Any], exporters: list[Exporter]) -> ExportSummary:
+async def _export(settings: dict[str, Any]) -> ExportSummary:
     bar = _Bar() if sys.stderr.isatty() else None
     try:
-        return await _run_export(settings, exporters, bar)
+        return await _run_export(settings, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -304,13 +315,13 @@ def _library_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _run_export(settings: dict[str, Any], exporters: list[Exporter], bar: _Bar | None) -> ExportSummary:
+async def _run_export(settings: dict[str, Any], bar: _Bar | None) -> ExportSummary:
     return await export_async(
         settings["pairs"],
         settings["out"],
         retry_failed=settings["retry_failed"],
+        wait=settings["wait"],
         handle_signals=True,
-        on_exporter=exporters.append,
         on_progress=bar,
         **_library_kwargs(settings),
     )
@@ -331,7 +342,7 @@ def _demo_pairs(n: int) -> Iterator[tuple[str, str]]:
         yield "campaign-00000", "send-000000"
 
 
-async def _demo(args: argparse.Namespace, exporters: list[Exporter]) -> ExportSummary:
+async def _demo(args: argparse.Namespace) -> ExportSummary:
     from .simulator import FaultRule, Simulator
 
     anchor = date.today()
@@ -357,8 +368,7 @@ async def _demo(args: argparse.Namespace, exporters: list[Exporter]) -> ExportSu
             checkpoint_interval=1.0,
             overwrite=True,
             handle_signals=True,
-            on_exporter=exporters.append,
-        )
+            )
 
 
 def _print_demo_hints(out: str) -> None:

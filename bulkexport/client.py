@@ -92,6 +92,10 @@ class BrazeClient:
         self.requests = 0  # attempts sent
         self.statuses: dict[int, int] = {}  # HTTP status -> count
 
+    @property
+    def limiter(self) -> RateController:
+        return self._limiter
+
     async def __aenter__(self) -> BrazeClient:
         cfg = self._cfg
         connector = aiohttp.TCPConnector(
@@ -132,9 +136,10 @@ class BrazeClient:
         session = self._session
         assert session is not None, "use 'async with BrazeClient(...)'"
         limiter = self._limiter
-        ticket = await limiter.acquire()
+        ticket = await limiter.acquire(pair)
         status: int | None = None
         headers = None
+        failed = True  # no answer: a timeout, reset or refusal (not a cancellation, see below)
         try:
             self.requests += 1
             try:
@@ -147,9 +152,12 @@ class BrazeClient:
                 raise TransportError("truncated transfer: connection closed before the whole body") from None
             except aiohttp.ClientError as exc:
                 raise TransportError(self._cfg.api_key.redact(f"{type(exc).__name__}: {exc}")) from None
+            except BaseException:
+                failed = False  # cancelled: says nothing about Braze
+                raise
         finally:
             # Every ending reaches the limiter (a probe without an answer must not hold the pool).
-            limiter.finish(ticket, status, headers)
+            limiter.finish(ticket, status, headers, failed=failed and status is None)
         assert status is not None and headers is not None
         self.statuses[status] = self.statuses.get(status, 0) + 1
         if body is None:

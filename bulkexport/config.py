@@ -19,6 +19,7 @@ from .errors import ConfigError
 __all__ = [
     "DEFAULT_LENGTH",
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_OUTAGE",
     "DEFAULT_RATE_LIMIT",
     "MIN_KEY_LENGTH",
     "RETENTION_DAYS",
@@ -44,6 +45,10 @@ DEFAULT_RESERVE = 0.10
 #: Requests allowed at once above the steady pace: small, so a start or a resume after a
 #: pause does not spend seconds of budget in one instant.
 DEFAULT_BURST = 10
+#: How long an outage (nothing but timeouts, refused connections and 5xx, from every pair) is
+#: ridden out before the run stops, resumable: long enough for a deploy or a load balancer's
+#: failover, short enough that a nightly job does not hold its slot for an hour of nothing.
+DEFAULT_MAX_OUTAGE = 300.0
 #: Upper bound on requests in flight; the limiter decides how many are really used
 #: (rate x latency), this only caps it.
 DEFAULT_CONCURRENCY = 64
@@ -311,6 +316,7 @@ _RANGES: dict[str, tuple[type, float, float, bool]] = {
     "burst": (int, 1, 1_000_000, False),
     "concurrency": (int, 1, 1024, False),
     "max_pause": (float, 0.0, _DAY, True),
+    "max_outage": (float, 0.0, _DAY, True),
     "request_timeout": (float, 0.0, _HOUR, True),
     "connect_timeout": (float, 0.0, _HOUR, True),
     "max_attempts": (int, 1, 100, False),
@@ -345,6 +351,8 @@ class ExportConfig:
     max_rate: float | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     max_pause: float = DEFAULT_WINDOW + 60.0
+    #: Braze answering nothing usable for this long stops the run (resumable, exit 8)
+    max_outage: float = DEFAULT_MAX_OUTAGE
     # --- requests and retries ---
     request_timeout: float = 60.0
     connect_timeout: float = 10.0

@@ -5,9 +5,12 @@ The tree::
     BulkExportError                 base of everything bulkexport raises on purpose
     ├── ConfigError                 bad option, endpoint or run state; fix the call (exit 2)
     │   └── PairsInputError         a bad line in the pairs input, with file and line (exit 2)
-    ├── AuthError                   Braze answered 401/403: the whole run stops (exit 4)
-    ├── StorageError                the output cannot be written (disk full, permissions) (exit 6)
-    └── ExportInterrupted           a signal stopped the run; state is resumable (exit 5)
+    ├── RunStopped                  the run stopped early; ``.summary`` says what is committed
+    │   ├── AuthError               Braze answered 401/403: the whole run stops (exit 4)
+    │   ├── ExportInterrupted       a signal stopped the run; state is resumable (exit 5)
+    │   ├── StorageError            the output cannot be written (disk full, permissions) (exit 6)
+    │   └── BrazeUnavailable        Braze did not answer for --max-outage; resumable (exit 8)
+    └── RunInProgress               another process holds this run (exit 7)
 
     AttemptError                    one request failed; never escapes the engine
     ├── RetryableError              worth another attempt after a backoff
@@ -25,11 +28,16 @@ are built from status codes and response bodies, never from request headers.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .summary import ExportSummary
 
 __all__ = [
     "AttemptError",
     "AuthError",
     "BadResponse",
+    "BrazeUnavailable",
     "BulkExportError",
     "ConfigError",
     "ExportInterrupted",
@@ -37,6 +45,8 @@ __all__ = [
     "PermanentError",
     "RateLimited",
     "RetryableError",
+    "RunInProgress",
+    "RunStopped",
     "ServerError",
     "StorageError",
     "TransportError",
@@ -61,7 +71,33 @@ class PairsInputError(ConfigError):
         super().__init__(f"{self.source}:{line}: {reason}")
 
 
-class AuthError(BulkExportError):
+class RunStopped(BulkExportError):
+    """The run stopped before it finished. Everything committed stays committed and the same
+    call resumes it; ``summary`` (set by the engine) counts pairs done, failed and pending,
+    rows and files so far, so a scheduler need not reach into the engine."""
+
+    summary: ExportSummary | None = None
+
+
+class RunInProgress(BulkExportError):
+    """Raised at once when another process holds the run's lock (same output, same run id).
+
+    Two processes exporting one run would fetch the same pairs and commit them twice; the
+    lock is an OS file lock, released by the kernel when its holder dies, so it never goes
+    stale. Wait for it with ``wait=True`` (``--wait``).
+    """
+
+
+class BrazeUnavailable(RunStopped):
+    """Raised when Braze gave no usable answer (no response, timeouts, 5xx) to any request for
+    longer than ``max_outage``: an outage, not a fault of the pairs, which stay pending."""
+
+    def __init__(self, seconds: float, detail: str) -> None:
+        self.seconds = seconds
+        super().__init__(f"Braze has not answered successfully for {seconds:.0f}s ({detail})")
+
+
+class AuthError(RunStopped):
     """Raised when Braze rejects the key (401) or its permissions (403).
 
     Every later request would fail the same way and spend shared budget, so the run stops.
@@ -78,11 +114,11 @@ class AuthError(BulkExportError):
         super().__init__(f"Braze refused the request (HTTP {status}: {message}); {hint}")
 
 
-class StorageError(BulkExportError):
+class StorageError(RunStopped):
     """Raised when output or state cannot be written; the published dataset is unchanged."""
 
 
-class ExportInterrupted(BulkExportError):
+class ExportInterrupted(RunStopped):
     """Raised when SIGINT/SIGTERM stopped the run after committing what was complete."""
 
 

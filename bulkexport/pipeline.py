@@ -25,36 +25,28 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow as pa
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from ._version import __version__
 from .client import BrazeClient, format_ending_at
 from .config import ExportConfig, retention_warning
-from .errors import (
-    AttemptError,
-    ConfigError,
-    ExportInterrupted,
-    PermanentError,
-    RateLimited,
-    RetryableError,
-    StorageError,
-)
+from .errors import AttemptError, AuthError, BrazeUnavailable, ConfigError, ExportInterrupted, RunStopped, StorageError
 from .flatten import Flattener
 from .limiter import RateController
 from .pairs import IdCheck, Pair, iter_items, iter_pair_file, pair_from_item
+from .retry import RetryPolicy, attempt_with_retries
+from .runlock import RunLock
 from .sink import Sink
 from .state import DONE, FAILED, PENDING, Ingested, RunState
 from .storage import open_target
-from .summary import ExportSummary, Progress
+from .summary import FINISHED, ExportSummary, Progress
 
 __all__ = ["Exporter"]
 
@@ -64,46 +56,6 @@ _BUILD_EVERY = 128  # responses per Arrow conversion: amortises per-call costs, 
 _STOP_GRACE = 5.0  # seconds in-flight requests get to finish after a stop request
 _MAX_LOGGED_UNKNOWN = 50  # distinct unknown field names logged before we go quiet
 _MANIFEST_VERSION = 1
-
-
-class _Attempts:
-    """One pair's retry policy and budget, for tenacity's ``stop`` and ``wait`` hooks.
-
-    Errors and 429s are counted apart: a 429 says nothing about the pair, so it must not
-    use up the pair's attempts, and its wait is the limiter's global pause, not a backoff.
-    """
-
-    __slots__ = ("_cfg", "errors", "rate_limited")
-
-    def __init__(self, cfg: ExportConfig) -> None:
-        self._cfg = cfg  # max_attempts, max_rate_limited, backoff bounds
-        self.errors = 0  # failed attempts other than 429
-        self.rate_limited = 0  # 429 answers
-
-    @property
-    def total(self) -> int:
-        return self.errors + self.rate_limited
-
-    def count(self, exc: BaseException | None) -> bool:
-        """Count one failed attempt; True when the budget for its kind is spent."""
-        if isinstance(exc, RateLimited):
-            self.rate_limited += 1
-            return self.rate_limited >= self._cfg.max_rate_limited
-        self.errors += 1
-        return self.errors >= self._cfg.max_attempts
-
-    def backoff(self, exc: BaseException | None) -> float:
-        """Full jitter: uniform in [0, min(max, initial x 2^(errors-1))]."""
-        if isinstance(exc, RateLimited):
-            return 0.0  # the limiter already pauses every worker until the reset
-        cfg = self._cfg
-        return random.uniform(0, min(cfg.backoff_max, cfg.backoff_initial * 2 ** max(self.errors - 1, 0)))
-
-    def stop(self, state: RetryCallState) -> bool:
-        return self.count(state.outcome.exception() if state.outcome else None)
-
-    def wait(self, state: RetryCallState) -> float:
-        return self.backoff(state.outcome.exception() if state.outcome else None)
 
 
 class Exporter:
@@ -119,8 +71,11 @@ class Exporter:
         progress_interval: float = 30.0,
         on_progress: Callable[[Progress], None] | None = None,
         batch_sink: Callable[[str, pa.RecordBatch], Awaitable[None]] | None = None,
+        wait: bool = False,
     ) -> None:
         self.cfg = cfg
+        self._wait = wait  # for another process holding the run
+        self._retry = RetryPolicy(cfg.max_attempts, cfg.max_rate_limited, cfg.backoff_initial, cfg.backoff_max)
         self.out = str(out)
         # With a batch sink, rows go to the caller at each checkpoint instead of to Parquet.
         self._batch_sink = batch_sink
@@ -165,18 +120,45 @@ class Exporter:
 
     # ------------------------------------------------------------------------------------
     async def run(self, source: Any) -> ExportSummary:
-        """Ingest ``source`` (unless the run already has its pairs), fetch, publish.
+        """Ingest ``source`` into the run, fetch what is pending, publish.
 
-        Raises :class:`ConfigError`, :class:`AuthError`, :class:`StorageError` or
-        :class:`ExportInterrupted`; ``self.summary`` is filled in either way.
+        Holds the run's lock throughout (:class:`RunInProgress` if another process has it).
+        Raises :class:`ConfigError`, or a :class:`RunStopped` (:class:`AuthError`,
+        :class:`ExportInterrupted`, :class:`StorageError`, :class:`BrazeUnavailable`) whose
+        ``summary`` counts what is committed; ``self.summary`` is filled in either way.
         """
         self._started = time.monotonic()
+        lock = RunLock(self._sink.run_dir.parent / f"{self.cfg.run_id}.lock", self.cfg.run_id, wait=self._wait,
+                       stopping=self._stop)  # fmt: skip
         try:
-            return await self._run(source)
+            async with lock:
+                try:
+                    return await self._run(source)
+                except RunStopped as exc:
+                    self._stopped(exc)
+                    raise
         finally:
             self.summary.wall_seconds = time.monotonic() - self._started
             if self._state is not None:
                 self._state.close()
+
+    def _stopped(self, exc: RunStopped) -> None:
+        """The run stops early: count what is committed, say so in the run's manifest (status
+        tells a scheduler it is not finished), and hand the counts to the caller."""
+        s = self.summary
+        s.status = (
+            "unavailable" if isinstance(exc, BrazeUnavailable)
+            else "auth_refused" if isinstance(exc, AuthError)
+            else "storage_error" if isinstance(exc, StorageError)
+            else "interrupted"
+        )  # fmt: skip
+        exc.summary = s
+        state = self._state
+        if state is None:
+            return
+        with contextlib.suppress(StorageError, OSError):  # best effort: the disk may be the problem
+            self._fill_counts(state)
+            self._write_outputs(state)
 
     async def _run(self, source: Any) -> ExportSummary:
         cfg, s = self.cfg, self.summary
@@ -347,6 +329,7 @@ class Exporter:
             burst=cfg.burst,
             max_rate=cfg.max_rate,
             max_pause=cfg.max_pause,
+            max_outage=cfg.max_outage,
         )
         try:
             await self._fetch_with(state, limiter)
@@ -367,7 +350,7 @@ class Exporter:
                 workers = [asyncio.create_task(self._work(queue, client)) for _ in range(cfg.concurrency)]
                 ckpt = asyncio.create_task(self._checkpoint_loop())
                 try:
-                    fatal = await self._supervise(feeder, workers)
+                    fatal = await self._supervise(feeder, workers, limiter)
                 finally:
                     for t in (feeder, *workers):
                         t.cancel()
@@ -390,18 +373,24 @@ class Exporter:
             )
 
     async def _supervise(
-        self, feeder: asyncio.Task[None], workers: list[asyncio.Task[None]]
+        self, feeder: asyncio.Task[None], workers: list[asyncio.Task[None]], limiter: RateController
     ) -> BaseException | None:
-        """Wait for the workers; return the first fatal error. After a stop request, give
-        in-flight requests a grace period, then abandon them (their pairs stay pending)."""
+        """Wait for the workers; return the first fatal error, or the controller's verdict that
+        Braze is unavailable. After a stop request, give in-flight requests a grace period,
+        then abandon them (their pairs stay pending)."""
         pending: set[asyncio.Task[Any]] = set(workers)
         stop_wait = asyncio.create_task(self._stop.wait())
+        outage = asyncio.create_task(limiter.failure())
         try:
             while pending:
-                done, pending = await asyncio.wait(pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                done, pending = await asyncio.wait(
+                    pending | {stop_wait, outage}, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending -= {stop_wait, outage}
+                if outage in done:
+                    return outage.result()
                 if stop_wait in done:
                     done.discard(stop_wait)
-                    pending.discard(stop_wait)
                     if pending:
                         finished, late = await asyncio.wait(pending, timeout=_STOP_GRACE)
                         for t in late:
@@ -412,12 +401,12 @@ class Exporter:
                 for t in done:
                     if not t.cancelled() and t.exception() is not None:
                         return t.exception()
-                pending.discard(stop_wait)
             if feeder.done() and not feeder.cancelled():
                 return feeder.exception()
             return None
         finally:
             stop_wait.cancel()
+            outage.cancel()
 
     async def _feed(self, state: RunState, queue: asyncio.Queue[tuple[int, Pair] | None]) -> None:
         finished = False
@@ -461,38 +450,17 @@ class Exporter:
 
     async def _export_pair(self, pid: int, pair: Pair, client: BrazeClient) -> None:
         """Fetch and flatten one pair, retrying what is worth it; record it if it fails."""
-        attempts = _Attempts(self.cfg)
-        try:
-            # The common case, a first attempt that works, skips the retry machinery.
-            await self._attempt(pid, pair, client)
+        limiter = client.limiter
+        outcome = await attempt_with_retries(
+            lambda: self._attempt(pid, pair, client),
+            self._retry,
+            blame=lambda since: limiter.blames(pair, since),
+        )
+        self.summary.retries += outcome.attempts - 1
+        if outcome.error is None:
             self._ok += 1
-            return
-        except RetryableError as exc:
-            if attempts.count(exc):
-                self._record_failure(pid, pair, exc, attempts.total)
-                return
-            await asyncio.sleep(attempts.backoff(exc))
-        except PermanentError as exc:
-            self._record_failure(pid, pair, exc, 1)
-            return
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(RetryableError),
-                stop=attempts.stop,
-                wait=attempts.wait,
-                reraise=True,
-            ):
-                with attempt:
-                    await self._attempt(pid, pair, client)
-        except RetryableError as exc:
-            self.summary.retries += attempts.total - 1
-            self._record_failure(pid, pair, exc, attempts.total)
-        except PermanentError as exc:
-            self.summary.retries += attempts.total
-            self._record_failure(pid, pair, exc, attempts.total + 1)
         else:
-            self._ok += 1
-            self.summary.retries += attempts.total
+            self._record_failure(pid, pair, outcome.error, outcome.attempts)
 
     def _record_failure(self, pid: int, pair: Pair, exc: AttemptError, attempts: int) -> None:
         self._failed += 1
@@ -649,9 +617,13 @@ class Exporter:
         self._sink.remove_staged(staged)
 
     def _fill_counts(self, state: RunState) -> None:
+        """What is committed, from the run state (never from in-memory counters, which also
+        hold work a stop or crash did not commit)."""
         s = self.summary
+        s.pairs_total = state.count()
         s.pairs_done = state.count(DONE)
         s.pairs_failed = state.count(FAILED)
+        s.pairs_pending = state.count(PENDING)
         rows = state.rows_committed()
         s.stats_rows = rows.get("send_stats", 0)
         s.totals_rows = rows.get("send_totals", 0)
@@ -660,33 +632,36 @@ class Exporter:
         s.unknown_channels = sorted(n[8:] for n in self._unknown if n.startswith("channel:"))
 
     def _write_outputs(self, state: RunState) -> None:
+        """The failures file (streamed) and the manifest, whose ``status`` says whether the
+        run finished (``complete``, ``partial``) or stopped early, resumable."""
         s, sink = self.summary, self._sink
         s.wall_seconds = time.monotonic() - self._started
-        failures = [
-            {
-                "campaign_id": f.campaign_id,
-                "send_id": f.send_id,
-                "status": f.status,
-                "message": self.cfg.api_key.redact(f.message),  # also for a state an older version wrote
-                "attempts": f.attempts,
-                "failed_at": f.failed_at,
-            }
-            for f in state.failures()
-        ]
-        s.failures_file = sink.write_bytes("failures.jsonl", b"".join(orjson.dumps(f) + b"\n" for f in failures))
+        redact = self.cfg.api_key.redact  # also for a state an older version wrote
+        first: list[dict[str, Any]] = []  # the manifest lists the first thousand
+
+        def lines() -> Iterator[bytes]:
+            for f in state.failures():
+                doc = {"campaign_id": f.campaign_id, "send_id": f.send_id, "status": f.status,
+                       "message": redact(f.message), "attempts": f.attempts, "failed_at": f.failed_at}  # fmt: skip
+                if len(first) < 1000:
+                    first.append(doc)
+                yield orjson.dumps(doc) + b"\n"
+
+        s.failures_file = sink.write_bytes("failures.jsonl", lines())
         manifest = {
             "manifest_version": _MANIFEST_VERSION,
             "bulkexport_version": __version__,
             "run_id": self.cfg.run_id,
             "status": s.status,
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "finished": s.status in FINISHED,
+            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "parameters": self.cfg.describe(),
             "summary": s.to_dict(),
             "files": [
                 {"path": p, "table": t, "date": d, "rows": r, "bytes": b}
                 for p, t, d, r, b in state.published()
             ],
-            "failures": failures[:1000],
-            "failures_total": len(failures),
+            "failures": first,
+            "failures_total": s.pairs_failed,
         }
         s.manifest = sink.write_json("manifest.json", manifest)

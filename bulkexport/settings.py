@@ -25,6 +25,7 @@ from .config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LENGTH,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_OUTAGE,
     DEFAULT_RATE_LIMIT,
     DEFAULT_RESERVE,
 )
@@ -103,6 +104,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_body_mb", "--max-body-mb", int, DEFAULT_MAX_BODY_BYTES // 2**20,
            f"largest response body read, in MiB, 1-1024 (default {DEFAULT_MAX_BODY_BYTES // 2**20}); a larger one is "
            "retried like a 5xx, then the pair is recorded as failed", group="requests", metavar="MIB"),
+    Option("max_outage", "--max-outage", float, DEFAULT_MAX_OUTAGE,
+           f"stop the run (exit 8, resumable) when Braze gives no usable answer to any request for this many "
+           f"seconds (default {DEFAULT_MAX_OUTAGE:g}); shorter outages are ridden out with probes",
+           group="requests", metavar="S"),
+    Option("wait", "--wait", bool, False,
+           "if another process is exporting this run, wait for it to end, then resume or no-op "
+           "(default: exit 7 at once)"),
     Option("checkpoint_interval", "--checkpoint-interval", float, 5.0,
            "seconds between checkpoints (default 5): a crash costs about this much work, plus one checkpoint "
            "write and the requests in flight", group="requests", metavar="S"),

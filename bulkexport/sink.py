@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from itertools import groupby
 from pathlib import Path
@@ -38,6 +38,7 @@ from .errors import StorageError
 from .schema import DATE, TABLES
 from .state import PartRecord
 from .storage import Target, commit_file, state_dir_for
+from .summary import FINISHED
 
 __all__ = ["STATE_DIR", "Sink"]
 
@@ -181,30 +182,39 @@ class Sink:
             for name in files:
                 (self.staging / name).unlink(missing_ok=True)
 
-    def write_bytes(self, name: str, data: bytes) -> str:
-        """Write a small run document (manifest, failures) atomically next to the run state,
-        and next to the data when that is an object store; return where readers find it."""
+    def write_bytes(self, name: str, data: bytes | Iterable[bytes]) -> str:
+        """Write a run document (manifest, failures; ``data`` whole or as chunks, streamed so
+        a million failures cost no memory) atomically next to the run state, and next to the
+        data when that is an object store; return where readers find it."""
         final = self.run_dir / name
         tmp = self.run_dir / f".{name}{_TMP_SUFFIX}"
         with storage_errors(f"write {final}"):
-            _write_private(tmp, data)
+            _write_private(tmp, [data] if isinstance(data, bytes) else data)
             commit_file(tmp, final)
         if self.target.local:
             return str(final)
         rel = f"{STATE_DIR}/runs/{self.run_id}/{name}"
         with storage_errors(f"write {self.target.path(rel)}"):
-            self.target.put_bytes(rel, data)
+            self.target.upload(final, rel)
         return f"{self.target.uri.rstrip('/')}/{rel}"
 
     def write_json(self, name: str, doc: object) -> str:
         return self.write_bytes(name, orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
 
     def published_elsewhere(self) -> bool:
-        """An object-store run finished on another machine: its manifest is next to the data."""
+        """An object-store run finished on another machine: its manifest is next to the data
+        and says so (a run that stopped early writes one too, with its status)."""
         if self.target.local:
             return False
+        rel = f"{STATE_DIR}/runs/{self.run_id}/manifest.json"
         with storage_errors(f"read {self.target.uri}"):
-            return self.target.exists(f"{STATE_DIR}/runs/{self.run_id}/manifest.json")
+            if not self.target.exists(rel):
+                return False
+            try:
+                status = orjson.loads(self.target.read_bytes(rel)).get("status")
+            except (orjson.JSONDecodeError, AttributeError):
+                return False
+            return status in FINISHED
 
     def remove_run(self, published: list[str]) -> None:
         """``--overwrite``: delete a run's published files and its state."""
@@ -217,12 +227,13 @@ class Sink:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new owner-only (0600) file, whatever the umask."""
+def _write_private(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to a new owner-only (0600) file, whatever the umask."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         os.fchmod(fd, 0o600)  # a leftover file of that name may have had another mode
-        fh.write(data)
+        for chunk in chunks:
+            fh.write(chunk)
 
 
 class _PartitionWriter:

@@ -81,15 +81,19 @@ class Target:
             commit_file(tmp, self.local_path(rel))
         else:
             try:
-                pafs.copy_files(str(tmp), self.path(rel), source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=self._fs)  # fmt: skip
+                self.upload(tmp, rel)
             finally:
                 tmp.unlink(missing_ok=True)
         return size
 
-    def put_bytes(self, rel: str, data: bytes) -> None:
-        with self._fs.open_output_stream(self.path(rel)) as out:
-            out.write(data)
+    def upload(self, local: Path, rel: str) -> None:
+        """Copy the complete local file ``local`` to ``rel``, in one object write."""
+        pafs.copy_files(str(local), self.path(rel), source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self._fs)  # fmt: skip
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self._fs.open_input_stream(self.path(rel)) as src:
+            return bytes(src.read())
 
     def exists(self, rel: str) -> bool:
         return bool(self._fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound)

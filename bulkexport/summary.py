@@ -6,11 +6,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ExportSummary", "Progress", "Status"]
+__all__ = ["FINISHED", "ExportSummary", "Progress", "Status"]
 
 #: ``complete``: every pair exported. ``partial``: finished, some pairs failed for good.
-#: ``already_complete``: the run id was finished before; nothing was fetched.
-Status = Literal["complete", "partial", "already_complete", "interrupted"]
+#: ``already_complete``: the run id was finished before; nothing was fetched. The run stopped
+#: early, resumable, with what it committed kept: ``interrupted`` (a signal or stop request),
+#: ``unavailable`` (Braze did not answer for ``max_outage``), ``auth_refused`` (401/403),
+#: ``storage_error`` (the output or state could not be written).
+Status = Literal[
+    "complete", "partial", "already_complete", "interrupted", "unavailable", "auth_refused", "storage_error"
+]
+#: Statuses of a run that finished (a manifest with one of these means: nothing left to do).
+FINISHED: frozenset[str] = frozenset({"complete", "partial"})
 
 
 @dataclass(slots=True)
@@ -28,6 +35,7 @@ class ExportSummary:
     ids_trimmed: int = 0  # ids of this input whose surrounding whitespace was removed
     pairs_done: int = 0  # exported, in this run (all sessions)
     pairs_failed: int = 0  # failed for good
+    pairs_pending: int = 0  # neither yet: a stopped run fetches them when resumed
     pairs_resumed: int = 0  # already done when this invocation started
     requests: int = 0
     retries: int = 0
@@ -70,10 +78,11 @@ class ExportSummary:
             notes.append(f"{self.pairs_resumed:,} done before this session")
         return [
             f"run {self.run_id}: {self.status}",
-            f"pairs      {self.pairs_done:,} exported, {self.pairs_failed:,} failed "
-            f"of {self.pairs_total:,} ({', '.join(notes)})",
+            f"pairs      {self.pairs_done:,} exported, {self.pairs_failed:,} failed"
+            + (f", {self.pairs_pending:,} pending" if self.pairs_pending else "")
+            + f" of {self.pairs_total:,} ({', '.join(notes)})",
             f"requests   {self.requests:,} ({self.retries:,} retries, {self.rate_limited:,} x 429)",
-            f"rows       send_stats {self.stats_rows:,}, send_totals {self.totals_rows:,}",
+            f"rows       send_stats {self.stats_rows:,}, send_totals {self.totals_rows:,} (committed)",
             f"files      {self.files:,} Parquet files published",
             f"time       {self.wall_seconds:.1f}s wall, {self.paused_seconds:.1f}s paused",
             f"rate       {self.request_rate:,.1f} requests/s achieved "

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,17 @@ async def run(sim: Simulator, pairs: Any, out: Path, **overrides: Any) -> Export
         length=options.pop("length", 15),
         **options,
     )
+
+
+async def until(condition: Callable[[], bool], limit: float = 60.0, every: float = 0.02) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    for _ in itertools.count():
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {limit}s")
+        await asyncio.sleep(every)
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ import asyncio
 import math
 import selectors
 from collections import Counter
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -146,7 +146,7 @@ class HourlyBraze:
 class Pacer(Protocol):
     """What :func:`drive` needs of a rate controller."""
 
-    async def acquire(self) -> Any: ...
+    async def acquire(self, key: Hashable = None) -> Any: ...
 
     def finish(self, ticket: Any, status: int | None, headers: Mapping[str, str] | None) -> None: ...
 
@@ -157,6 +157,8 @@ class VirtualRun:
 
     starts: list[float]  # loop time of every request start, in order
     answers: Counter[int]  # status -> count
+    stopped: Exception | None = None  # what the pacer raised instead of a start, if anything
+    stopped_at: float | None = None  # loop time it did
 
 
 async def drive(
@@ -175,8 +177,13 @@ async def drive(
     run = VirtualRun([], Counter())
 
     async def worker() -> None:
-        while loop.time() < seconds:
-            ticket = await pacer.acquire()
+        while loop.time() < seconds and run.stopped is None:
+            try:
+                ticket = await pacer.acquire(len(run.starts))  # each request its own "pair"
+            except Exception as exc:  # the pacer stops the run: every worker ends
+                if run.stopped is None:
+                    run.stopped, run.stopped_at = exc, loop.time()
+                return
             started = loop.time()
             run.starts.append(started)
             await asyncio.sleep(network)

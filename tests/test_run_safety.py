@@ -1,0 +1,286 @@
+"""Runs that cannot collide or misread an outage: the run lock, the outage breaker, and
+summaries that say what is committed. Real CLI processes against the simulator on loopback;
+the breaker's arithmetic also on the virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+import bulkexport
+from bulkexport import BrazeUnavailable, ExportInterrupted
+from bulkexport.limiter import RateController
+from bulkexport.simulator import HOUR, FaultRule, HourlyBraze, Simulator, run_virtual
+
+from .conftest import ANCHOR, API_KEY, pairs_for, run, until
+from .test_export import _check_equal
+from .test_resume import EXIT_OK, Attempt, Cli, assert_no_traceback, committed_pairs, run_dir, write_pairs
+
+EXIT_RUN_IN_PROGRESS, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 7, 8, 5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def finish(cli: Cli, proc: asyncio.subprocess.Process, att: Attempt, out_log: Path, err_log: Path) -> Attempt:
+    await asyncio.wait_for(proc.wait(), 60)
+    att.rc, att.ended_at = proc.returncode, time.time()
+    att.stdout, att.stderr = await asyncio.to_thread(lambda: (out_log.read_text(), err_log.read_text()))
+    return att
+
+
+def summary_numbers(stdout: str) -> tuple[int, int, int]:
+    """(exported, failed, pending) from the printed summary."""
+    line = next(x for x in stdout.splitlines() if x.startswith("pairs "))
+    words = line.replace(",", "").split()
+    exported, failed = int(words[1]), int(words[3])
+    pending = int(words[words.index("pending") - 1]) if "pending" in words else 0
+    return exported, failed, pending
+
+
+# -- one process per run ------------------------------------------------------------------------
+async def test_a_second_invocation_of_the_same_run_exits_at_once(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(600)
+    cli = Cli(sim, write_pairs(tmp_path / "pairs.csv", pairs), tmp_path / "out", tmp_path / "logs",
+              extra=("--max-rate", "100"))  # fmt: skip
+    first = await cli.start()
+    await until(lambda: len(sim.stats.per_pair) >= 100)  # the first is well under way
+    started = time.monotonic()
+    second = await cli.run()
+    assert second.rc == EXIT_RUN_IN_PROGRESS, second.stderr
+    assert time.monotonic() - started < 5  # at once, not after the first
+    errors = [x for x in second.stderr.splitlines() if "ERROR" in x]
+    assert len(errors) == 1 and "being exported by another process (pid" in errors[0], second.stderr
+    assert_no_traceback(second)
+    att = await finish(cli, *first)
+    assert att.rc == EXIT_OK, att.stderr
+    assert sum(sim.stats.per_pair.values()) == len(pairs)  # no pair fetched twice
+    _check_equal(cli.out, sim, pairs)  # value for value, and no duplicate row
+
+
+async def test_wait_waits_for_the_holder_then_finds_the_run_complete(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(300)
+    cli = Cli(sim, write_pairs(tmp_path / "pairs.csv", pairs), tmp_path / "out", tmp_path / "logs",
+              extra=("--max-rate", "100"))  # fmt: skip
+    first = await cli.start()
+    await until(lambda: sim.stats.requests > 0)
+    second = await cli.run("--wait")
+    att = await finish(cli, *first)
+    assert att.rc == EXIT_OK and second.rc == EXIT_OK, second.stderr
+    assert "waiting for it" in second.stderr and "already complete" in second.stderr
+    assert second.ended_at >= att.ended_at - 0.5  # it really waited for the first
+    assert sum(sim.stats.per_pair.values()) == len(pairs)
+    _check_equal(cli.out, sim, pairs)
+
+
+async def test_kill9_leaves_no_stale_lock(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(300)
+    cli = Cli(sim, write_pairs(tmp_path / "pairs.csv", pairs), tmp_path / "out", tmp_path / "logs",
+              extra=("--max-rate", "150"))  # fmt: skip
+
+    async def halfway() -> bool:
+        return len(committed_pairs(cli.out)) >= 60
+
+    killed = await cli.run_until(halfway)
+    assert killed.rc == -signal.SIGKILL
+    assert (run_dir(cli.out).parent / "2026-11-27.lock").exists()  # the file stays; the lock does not
+    again = await cli.run()
+    assert again.rc == EXIT_OK, again.stderr
+    _check_equal(cli.out, sim, pairs)
+
+
+async def test_runs_with_other_run_ids_share_an_output(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(200)
+    cli = Cli(sim, write_pairs(tmp_path / "pairs.csv", pairs), tmp_path / "out", tmp_path / "logs",
+              extra=("--max-rate", "100"))  # fmt: skip
+    first = await cli.start("--run-id", "a")
+    second = await cli.run("--run-id", "b")
+    att = await finish(cli, *first)
+    assert att.rc == EXIT_OK and second.rc == EXIT_OK, (att.stderr, second.stderr)
+    for rid in ("a", "b"):
+        manifest = orjson.loads((cli.out / "_bulkexport" / "runs" / rid / "manifest.json").read_bytes())
+        assert manifest["status"] == "complete" and manifest["summary"]["pairs_done"] == len(pairs)
+
+
+# -- outages --------------------------------------------------------------------------------------
+async def test_nothing_listening_stops_within_the_budget_then_resumes_exactly(tmp_path: Path) -> None:
+    port = free_port()
+    sim = Simulator(api_key=API_KEY, seed=11, anchor_date=ANCHOR, port=port)
+    sim._url = f"http://127.0.0.1:{port}"  # the URL the CLI is given, while nothing listens there
+    pairs = pairs_for(300)
+    cli = Cli(sim, write_pairs(tmp_path / "pairs.csv", pairs), tmp_path / "out", tmp_path / "logs",
+              extra=("--max-outage", "6"))  # fmt: skip
+    down = await cli.run(limit=40)
+    assert down.rc == EXIT_UNAVAILABLE, down.stderr
+    assert down.elapsed < 6 + 8  # the budget, plus start-up and the last probe's answer
+    assert "Braze has not answered successfully for" in down.stderr
+    assert summary_numbers(down.stdout) == (0, 0, len(pairs))
+    manifest = orjson.loads((run_dir(cli.out) / "manifest.json").read_bytes())
+    assert manifest["status"] == "unavailable" and manifest["summary"]["pairs_pending"] == len(pairs)
+    assert (run_dir(cli.out) / "failures.jsonl").read_bytes() == b""  # no pair blamed for it
+    assert_no_traceback(down)
+    sim._url = None
+    async with sim:
+        up = await cli.run()
+    assert up.rc == EXIT_OK, up.stderr
+    _check_equal(cli.out, sim, pairs)
+
+
+async def test_an_outage_shorter_than_the_budget_is_ridden_out(tmp_path: Path) -> None:
+    """Braze goes away for two minutes in the middle of a run (connections refused) and comes
+    back: the run waits with probes, resumes, and the dataset is exact; no pair failed."""
+    port = free_port()
+    pairs = pairs_for(400)
+    outage = 120.0
+    async with Simulator(api_key=API_KEY, seed=11, anchor_date=ANCHOR, port=port) as sim:
+        done = asyncio.Event()
+
+        async def take_it_away() -> None:
+            await until(lambda: sim.stats.requests >= 150)
+            await sim.stop()
+            await asyncio.sleep(outage)
+            await sim.start()
+            done.set()
+
+        chaos = asyncio.create_task(take_it_away())
+        started = time.monotonic()
+        summary = await run(sim, pairs, tmp_path, max_rate=100.0, backoff_initial=0.5, backoff_max=5.0)
+        await chaos
+    assert done.is_set() and time.monotonic() - started >= outage
+    assert summary.status == "complete" and summary.pairs_failed == 0, summary
+    _check_equal(tmp_path, sim, pairs)
+
+
+async def test_5xx_for_one_pair_only_fails_that_pair(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(120)
+    bad = pairs[60]
+    sim.faults.append(FaultRule(kind="status", status=503, times=None, match=lambda c, s: (c, s) == bad))
+    summary = await run(sim, pairs, tmp_path, max_attempts=4)
+    assert summary.status == "partial" and summary.pairs_failed == 1 and summary.pairs_done == 119
+    failures = [orjson.loads(x) for x in (run_dir(tmp_path) / "failures.jsonl").read_bytes().splitlines()]
+    assert [(f["campaign_id"], f["send_id"], f["status"], f["attempts"]) for f in failures] == [(*bad, 503, 4)]
+
+
+async def test_a_lone_pair_failing_at_the_end_of_a_run_still_fails(sim: Simulator, tmp_path: Path) -> None:
+    """Nothing else is in flight, so nothing else can succeed meanwhile: one failing pair is
+    not an outage, and the run ends with it failed (not stopped as 'unavailable')."""
+    sim.faults.append(FaultRule(kind="status", status=500, times=None, match=lambda c, s: s == "s00000"))
+    summary = await run(sim, pairs_for(1), tmp_path, max_attempts=3, max_outage=30.0)
+    assert summary.status == "partial" and summary.pairs_failed == 1
+
+
+# -- honest summaries -------------------------------------------------------------------------
+async def test_a_stop_reports_what_is_committed(sim: Simulator, tmp_path: Path) -> None:
+    pairs = pairs_for(600)
+    cli = Cli(sim, write_pairs(tmp_path / "pairs.csv", pairs), tmp_path / "out", tmp_path / "logs",
+              extra=("--max-rate", "150"))  # fmt: skip
+
+    async def some_committed() -> bool:
+        return len(committed_pairs(cli.out)) >= 150
+
+    att = await cli.run_until(some_committed, sig=signal.SIGTERM)
+    assert att.rc == EXIT_INTERRUPTED, att.stderr
+    done = len(committed_pairs(cli.out))
+    assert summary_numbers(att.stdout) == (done, 0, len(pairs) - done) and done >= 150
+    manifest = orjson.loads((run_dir(cli.out) / "manifest.json").read_bytes())
+    assert manifest["status"] == "interrupted" and not manifest["finished"]
+    assert manifest["summary"]["pairs_done"] == done and manifest["summary"]["pairs_pending"] == len(pairs) - done
+    stats_rows = sum(1 for _ in _committed_rows(cli.out))
+    assert manifest["summary"]["stats_rows"] == stats_rows > 0
+
+
+def _committed_rows(out: Path) -> list[int]:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{run_dir(out) / 'state.sqlite'}?mode=ro", uri=True)
+    try:
+        (rows,) = con.execute("SELECT sum(rows) FROM parts WHERE tbl = 'send_stats'").fetchone()
+    finally:
+        con.close()
+    return list(range(rows or 0))
+
+
+async def test_library_errors_carry_the_summary(sim: Simulator, tmp_path: Path) -> None:
+    sim.api_key = "another-key-that-is-long-enough"
+    with pytest.raises(bulkexport.AuthError) as refused:
+        await run(sim, pairs_for(30), tmp_path)
+    assert refused.value.summary is not None and refused.value.summary.status == "auth_refused"
+    assert refused.value.summary.pairs_pending == 30
+    sim.api_key = API_KEY
+    stopped: list[ExportInterrupted] = []
+
+    async def stop_soon() -> None:
+        await until(lambda: len(committed_pairs(tmp_path)) >= 40)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    task = asyncio.create_task(stop_soon())
+    try:
+        await run(sim, pairs_for(400), tmp_path, handle_signals=True, max_rate=150.0)
+    except ExportInterrupted as exc:
+        stopped.append(exc)
+    await task
+    (exc,) = stopped
+    assert exc.summary is not None and exc.summary.status == "interrupted"
+    assert exc.summary.pairs_done == len(committed_pairs(tmp_path))
+    assert exc.summary.pairs_done + exc.summary.pairs_pending == 400
+
+
+# -- the breaker on the virtual clock --------------------------------------------------------
+def _down_between(start: float, end: float) -> HourlyBraze:
+    class Down(HourlyBraze):
+        def arrive(self, started: float) -> tuple[int, dict[str, str]]:
+            assert self._loop is not None
+            if start <= self._loop.time() < end:
+                return 503, {}
+            return super().arrive(started)
+
+    return Down(1_790_002_800.0)
+
+
+def test_the_breaker_backs_off_with_probes_and_resumes_at_once() -> None:
+    braze = _down_between(600.0, 720.0)  # a two-minute outage ten minutes in
+
+    async def scenario() -> tuple[list[float], RateController]:
+        from bulkexport.simulator import drive
+
+        async with RateController(limit=250_000, window=HOUR, reserve=0.1, wall=braze.wall) as ctrl:
+            run_ = await drive(ctrl, braze, seconds=900.0)
+            return run_.starts, ctrl
+
+    starts, ctrl = run_virtual(scenario())
+    during = [t for t in starts if 602.5 <= t < 720.0]
+    # Open after a couple of seconds of failures; then one probe at a time, growing pauses:
+    # at most a probe a second, far fewer than the 69 a second of full pace.
+    assert ctrl.stats.outages == 1
+    assert 3 <= len(during) <= 15, len(during)
+    after = [t for t in starts if t >= 720.0]
+    assert after and after[0] - 720.0 <= 31.0  # the next probe (pauses are capped at 30 s)
+    resumed = after[0]
+    assert sum(1 for t in starts if resumed <= t < resumed + 10) >= 0.9 * 10 * 250_000 / HOUR  # full pace
+
+
+def test_an_outage_longer_than_the_budget_stops_the_run() -> None:
+    braze = _down_between(60.0, math.inf)
+
+    async def scenario() -> tuple[Exception | None, float | None, BrazeUnavailable]:
+        from bulkexport.simulator import drive
+
+        async with RateController(limit=250_000, window=HOUR, reserve=0.1, max_outage=300.0,
+                                  wall=braze.wall) as ctrl:  # fmt: skip
+            run_ = await drive(ctrl, braze, seconds=HOUR)
+            return run_.stopped, run_.stopped_at, await ctrl.failure()
+
+    raised, at, verdict = run_virtual(scenario())
+    assert isinstance(raised, BrazeUnavailable) and raised is verdict
+    assert at is not None and 360.0 <= at <= 361.0 and 300.0 <= verdict.seconds <= 301.0
