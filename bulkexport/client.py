@@ -61,9 +61,12 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
     endless body never costs more than the cap (plus one chunk) in memory. The connection is
     then closed rather than drained.
     """
-    if resp.content_length is not None and resp.content_length > cap:
+    length = resp.content_length
+    if length is not None and length > cap:
         resp.close()
         return None
+    if length is not None and "Content-Encoding" not in resp.headers:
+        return await resp.read()  # the common case: a declared, uncompressed size within the cap
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_any():
@@ -110,6 +113,7 @@ class BrazeClient:
                 "User-Agent": f"bulkexport/{__version__}",
             },
             raise_for_status=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # Braze sets no cookie we need: skip the jar per request
         )
         return self
 

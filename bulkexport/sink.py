@@ -5,8 +5,8 @@ should refetch seconds of work, not minutes), while the published dataset should
 row-group-sized files. So:
 
 * :meth:`Sink.write_checkpoint` writes one Arrow IPC file per table per checkpoint under
-  ``_bulkexport/runs/<run_id>/staging/`` (zstd-compressed, one record batch per date),
-  written under a temporary name, fsynced, then renamed.
+  ``_bulkexport/runs/<run_id>/staging/`` (lz4-compressed, one record batch per date),
+  fsynced; the run state's commit is what makes it count.
 * :meth:`Sink.publish` compacts the staged batches, date by date, into Parquet files of
   ``row_group_rows``-row groups, at most ``file_rows`` rows each, under
   ``<table>/date=YYYY-MM-DD/part-<run_id>-<gen>-<n>.parquet``. Each file is written under a
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from .errors import StorageError
 from .schema import DATE, TABLES
 from .state import PartRecord
-from .storage import Target, commit_file, state_dir_for
+from .storage import Target, commit_file, fsync_path, state_dir_for
 from .summary import FINISHED
 
 __all__ = ["STATE_DIR", "Sink"]
@@ -45,7 +45,11 @@ __all__ = ["STATE_DIR", "Sink"]
 #: Folder under the output root that holds run state; the leading underscore makes
 #: pyarrow, Spark and Hive-style readers skip it.
 STATE_DIR = "_bulkexport"
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+#: lz4 costs the same as no compression to write (the take and the fsync dominate), reads
+#: back twice as fast as zstd, and keeps staging at a sixth of the raw size.
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+#: Dictionary pages pay for repeated strings; for counts they cost time and no space.
+_DICTIONARY_COLUMNS = ("campaign_id", "send_id", "channel", "variation_name", "variation_api_id", "run_id")
 _TMP_SUFFIX = ".tmp"
 
 
@@ -108,26 +112,32 @@ class Sink:
 
     # -- checkpoints --------------------------------------------------------------------------
     def write_checkpoint(self, seq: int, tables: dict[str, list[pa.RecordBatch]]) -> list[PartRecord]:
-        """Write one staged file per table; return the records to commit with the pairs."""
+        """Write one staged file per table; return the records to commit with the pairs.
+
+        The files get their final names at once: until the run state commits the records,
+        nothing refers to them, and a crash leaves them as orphans that the next invocation
+        removes. So durability costs one fsync per file and one for the folder, per
+        checkpoint, and no rename.
+        """
         records: list[PartRecord] = []
+        written: list[Path] = []
         for name, batches in tables.items():
             batches = [b for b in batches if b.num_rows]
             if not batches:
                 continue
-            # One sort by date, then contiguous slices: a filter per date over many small
-            # chunks cost ~30x more (profiled), and slices are zero-copy.
-            table = pa.Table.from_batches(batches).combine_chunks()
+            # The one copy of the rows before Parquet: grouped by date (a take over the
+            # chunks, no concatenation first), then zero-copy slices, one batch per date.
+            table = pa.Table.from_batches(batches)
             table = table.take(pc.sort_indices(table.column(DATE)))
-            counts = pc.value_counts(table.column(DATE))
+            counts = pc.value_counts(table.column(DATE))  # in order of appearance: ascending
             file_name = f"ckpt-{seq:08d}-{name}.arrow"
-            final = self.staging / file_name
-            tmp = self.staging / f".{file_name}{_TMP_SUFFIX}"
-            with storage_errors(f"write checkpoint {final}"):
+            path = self.staging / file_name
+            with storage_errors(f"write checkpoint {path}"):
                 with (
-                    pa.OSFile(str(tmp), "wb") as sink,
+                    pa.OSFile(str(path), "wb") as sink,
                     pa.ipc.new_file(sink, TABLES[name], options=_IPC_OPTIONS) as writer,
                 ):
-                    os.chmod(tmp, 0o600)  # created by Arrow with the umask's mode
+                    os.chmod(path, 0o600)  # created by Arrow with the umask's mode
                     offset = 0
                     for index, entry in enumerate(counts.to_pylist()):
                         day, rows = entry["values"], entry["counts"]
@@ -136,7 +146,11 @@ class Sink:
                         (batch,) = part.to_batches()  # one batch per date: PartRecord.batch
                         writer.write_batch(batch)
                         records.append(PartRecord(seq, name, day.isoformat(), index, rows, file_name))
-                commit_file(tmp, final)
+                fsync_path(path)
+            written.append(path)
+        if written:
+            with storage_errors(f"write checkpoint in {self.staging}"):
+                fsync_path(self.staging, directory=True)
         return records
 
     # -- publishing ---------------------------------------------------------------------------
@@ -168,9 +182,9 @@ class Sink:
                     # date, and closed before the next, so descriptors stay few.
                     with (
                         storage_errors(f"read checkpoint {part.file}"),
-                        pa.OSFile(str(self.staging / part.file)) as source,
+                        pa.memory_map(str(self.staging / part.file)) as source,
                     ):
-                        batch = pa.ipc.open_file(source).get_batch(part.batch)
+                        batch = pa.ipc.open_file(source).get_batch(part.batch)  # lz4: cheap to read
                         writer.add(batch)
                 writer.close()
             except BaseException:
@@ -300,7 +314,10 @@ class _PartitionWriter:
             folder = target.local_path(self._dir) if target.local else self._sink.run_dir
             self._tmp = folder / f".{name}{_TMP_SUFFIX}"
             with storage_errors(f"write {self._path}"):
-                self._writer = pq.ParquetWriter(str(self._tmp), TABLES[self._table], compression="zstd")
+                self._writer = pq.ParquetWriter(
+                    str(self._tmp), TABLES[self._table], compression="zstd",
+                    use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in TABLES[self._table].names],
+                )  # fmt: skip
             self._file_rows = 0
         with storage_errors(f"write {self._path}"):
             # Chunked is fine: the writer streams the chunks into one row group; combining them
