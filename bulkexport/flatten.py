@@ -1,6 +1,14 @@
 """Response bytes -> Arrow record batches: the CPU hot path, pure and synchronous.
 
-How it stays fast: a response's entries are appended, untouched, as value tuples into
+Two loops, one set of rules. ``orjson`` parses the body; then the C extension
+(``_speedups.c``, built at install when a compiler is there) walks the well-formed common
+case straight into column buffers (a response costs about a fifth of the Python loop). It
+leaves anything doubtful (a value that does not fit, a day listed twice, an odd ``time``,
+wrong nesting), keeping nothing of it, to the Python loop below, which decides every case.
+Without the extension, or with ``$BULKEXPORT_PURE_PYTHON`` set, the Python loop does
+everything; the tests run both and compare them with the same reference.
+
+How the Python loop stays fast: a response's entries are appended, untouched, as value tuples into
 groups keyed by their tuple of field names (entries of one channel share one key set), so
 the per-value work in Python is a C-level ``tuple(dict.values())``. At :meth:`Flattener.build`
 each group is transposed with ``zip(*rows)`` and each column becomes one Arrow array in one
@@ -55,10 +63,12 @@ retry the request. Rejections (values, conflicting days) are reported by :meth:`
 from __future__ import annotations
 
 import math
+import os
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from types import ModuleType
 from typing import Any, Final
 
 import orjson
@@ -79,6 +89,12 @@ from .schema import (
 )
 
 __all__ = ["FlatBatch", "Flattener"]
+
+_speedups: ModuleType | None
+try:
+    from . import _speedups  # the hot loop in C, built at install when a compiler is there
+except ImportError:  # pragma: no cover - depends on the machine that installed the package
+    _speedups = None
 
 _EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 _INT, _FLOAT, _STR = 0, 1, 2
@@ -340,6 +356,53 @@ _TOTALS_KINDS: Final = {
 }
 
 
+#: Known fields in schema order, with their kinds: the C accumulators' columns.
+_STATS_FIELDS: Final = tuple((f.name, _STATS_KINDS[f.name]) for f in STATS_SCHEMA if f.name in _STATS_KINDS)
+_TOTALS_FIELDS: Final = tuple((f.name, _TOTALS_KINDS[f.name]) for f in TOTALS_SCHEMA if f.name in _TOTALS_KINDS)
+
+
+def _accumulator(fields: tuple[tuple[str, int], ...], *, channel: bool) -> Any:
+    assert _speedups is not None
+    return _speedups.Acc({name: i for i, (name, _) in enumerate(fields)}, bytes(k for _, k in fields), channel)
+
+
+def _accumulated(
+    acc: Any, fields: tuple[tuple[str, int], ...], schema: pa.Schema, pair_columns: dict[str, pa.Array],
+    unknown: set[str],
+) -> pa.RecordBatch | None:
+    """The C accumulator's rows as one record batch: its buffers become Arrow arrays as they
+    are (int64/float64 values and validity bitmaps), strings in one C call per column."""
+    n, slots, days, channels, cols, extras = acc.take()
+    if not n:
+        return None
+    columns: dict[str, pa.Array] = {}
+    slot_arr = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(slots)])
+    columns = {name: arr.take(slot_arr) for name, arr in pair_columns.items()}
+    columns["date"] = pa.Array.from_buffers(pa.date32(), n, [None, pa.py_buffer(days)])
+    if channels is not None:
+        columns["channel"] = pa.array(channels, pa.string())
+    for (name, kind), col in zip(fields, cols, strict=True):
+        if kind == _STR:
+            if col.count(None) < n:
+                columns[name] = pa.array(col, pa.string())
+            continue
+        bitmap, values, nulls = col
+        if nulls < n:
+            validity = None if bitmap is None else pa.py_buffer(bitmap)
+            columns[name] = pa.Array.from_buffers(_ARROW_TYPE[kind], n, [validity, pa.py_buffer(values)], nulls)
+    if extras:
+        rows: list[list[tuple[str, str]] | None] = [None] * n
+        for row, name, value in extras:
+            unknown.add(name)
+            cell = rows[row]
+            if cell is None:
+                cell = rows[row] = []
+            cell.append((name, orjson.dumps(value).decode()))
+        columns["extra_metrics"] = pa.array(rows, type=EXTRA_TYPE)
+    arrays = [columns[f.name] if f.name in columns else _nulls(n, f.type) for f in schema]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
 class Flattener:
     """Accumulates parsed responses of many pairs; emits Arrow batches on :meth:`build`.
 
@@ -348,6 +411,7 @@ class Flattener:
     """
 
     __slots__ = (
+        "_accel",
         "_channels",
         "_cids",
         "_dates",
@@ -360,8 +424,21 @@ class Flattener:
         "_ts",
     )
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, *, accelerate: bool | None = None) -> None:
         self._run_id = run_id  # written into every row
+        # The C accumulators (stats, totals), unless the extension is missing or not wanted
+        # (accelerate=False, or $BULKEXPORT_PURE_PYTHON set: the tests run both ways).
+        if accelerate is None:
+            accelerate = not os.environ.get("BULKEXPORT_PURE_PYTHON")
+        self._accel = (
+            (
+                _accumulator(_STATS_FIELDS, channel=True),
+                _accumulator(_TOTALS_FIELDS, channel=False),
+                _speedups.flatten_days,
+            )
+            if accelerate and _speedups is not None
+            else None
+        )  # (stats accumulator, totals accumulator, the C loop)
         self._stats = _TableBuilder("send_stats", STATS_SCHEMA, _STATS_KINDS, channel=True)
         self._totals = _TableBuilder("send_totals", TOTALS_SCHEMA, _TOTALS_KINDS, channel=False)
         self._tokens: list[int] = []  # slot -> caller's pair token
@@ -412,8 +489,14 @@ class Flattener:
         if type(data) is not list:
             raise BadResponse(f"'data' must be a list, got {type(data).__name__}")
         slot = len(self._tokens)
+        accel = self._accel
+        # The C loop takes the well-formed common case; it leaves anything doubtful (and
+        # keeps nothing of it) to the Python loop below, which decides every other case.
+        got = None
+        if accel is not None:
+            got = accel[2](data, slot, accel[0], accel[1], KNOWN_CHANNELS, self._channels)
         try:
-            rows = self._add_days(slot, data)
+            rows = got if got is not None else self._add_days(slot, data)
         except (BadResponse, _Conflict) as exc:
             self._stats.rollback(slot)
             self._totals.rollback(slot)
@@ -507,6 +590,14 @@ class Flattener:
                         bad_slots[slot] = exc.table.reason(exc.bad, group, i)
                 self._stats.drop_slots(slots)
                 self._totals.drop_slots(slots)
+        if self._accel is not None:
+            for acc, fields, schema, batches in (
+                (self._accel[0], _STATS_FIELDS, STATS_SCHEMA, out.stats),
+                (self._accel[1], _TOTALS_FIELDS, TOTALS_SCHEMA, out.totals),
+            ):
+                batch = _accumulated(acc, fields, schema, pair_columns, unknown)
+                if batch is not None:
+                    batches.append(batch)
         out.unknown_fields = unknown
         out.unknown_channels, self._channels = self._channels, set()
         out.rejected = {self._tokens[s]: r for s, r in bad_slots.items()}

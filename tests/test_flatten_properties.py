@@ -253,8 +253,9 @@ def _bag(rows: list[dict[str, Any]]) -> collections.Counter[tuple[Any, ...]]:
 class _Run:
     """Feeds responses to one Flattener, building at random points, and keeps the output."""
 
-    def __init__(self) -> None:
-        self.flat = Flattener("run-1")
+    def __init__(self, accelerate: bool) -> None:
+        self.flat = Flattener("run-1", accelerate=accelerate)
+        assert (self.flat._accel is not None) == accelerate  # the C loop is built (CI has a compiler)
         self.stats: list[dict[str, Any]] = []
         self.totals: list[dict[str, Any]] = []
         self.done: list[int] = []
@@ -297,10 +298,17 @@ class _Run:
             assert micros == self.ts[row["campaign_id"], row["send_id"]]
 
 
+#: Every property holds on both paths: the C loop (the common case) and pure Python.
+BOTH = pytest.mark.parametrize("accelerate", [True, False], ids=["c", "python"])
+
+
+@BOTH
 @PROFILE
 @given(st.lists(responses(), min_size=1, max_size=4), st.lists(st.booleans(), min_size=4, max_size=4))
-def test_well_formed_responses_equal_the_reference(docs: list[dict[str, Any]], build_after: list[bool]) -> None:
-    run = _Run()
+def test_well_formed_responses_equal_the_reference(
+    accelerate: bool, docs: list[dict[str, Any]], build_after: list[bool]
+) -> None:
+    run = _Run(accelerate)
     conflicting = set()
     for token, doc in enumerate(docs):
         try:
@@ -318,11 +326,14 @@ def test_well_formed_responses_equal_the_reference(docs: list[dict[str, Any]], b
     run.check_rows(dict(enumerate(docs)))
 
 
+@BOTH
 @PROFILE
 @given(st.lists(st.one_of(malformed(), responses().map(lambda d: ("", json.dumps(d).encode(), d))),
                 min_size=1, max_size=5))  # fmt: skip
-def test_malformed_responses_never_write_a_row(cases: list[tuple[str, bytes, dict[str, Any] | None]]) -> None:
-    run = _Run()
+def test_malformed_responses_never_write_a_row(
+    accelerate: bool, cases: list[tuple[str, bytes, dict[str, Any] | None]]
+) -> None:
+    run = _Run(accelerate)
     structural, by_value, payloads = set(), set(), {}
     for token, (kind, body, doc) in enumerate(cases):
         try:
@@ -347,11 +358,12 @@ def test_malformed_responses_never_write_a_row(cases: list[tuple[str, bytes, dic
     run.check_rows(payloads)  # only the good responses' rows, each exactly once
 
 
+@BOTH
 @pytest.mark.parametrize("value", [True, False])
-def test_bool_is_never_a_number(value: bool) -> None:
+def test_bool_is_never_a_number(accelerate: bool, value: bool) -> None:
     """Python's bool is an int: explicit examples, whatever hypothesis draws. A bool next to
     floats in one column is the case pyarrow's inference would turn into 1.0."""
-    run = _Run()
+    run = _Run(accelerate)
     cases = [
         ({"sent": 3.0, "revenue": 1.5}, {"conversions": 2.0, "revenue": 0.5}),  # good
         ({"sent": value, "revenue": 1.5}, {"conversions": 2.0, "revenue": 0.5}),

@@ -88,7 +88,12 @@ def _pairs_with_entries(sim: Simulator, n: int) -> list[tuple[str, str]]:
     return out[:n]
 
 
-async def test_every_value_has_its_documented_outcome(sim: Simulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pure_python", [False, True], ids=["c", "python"])
+async def test_every_value_has_its_documented_outcome(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pure_python: bool
+) -> None:
+    if pure_python:  # the engine's flattener then takes the Python loop for every response
+        monkeypatch.setenv("BULKEXPORT_PURE_PYTHON", "1")
     sim.extras = True
     special = _pairs_with_entries(sim, len(REJECTED) + len(KEPT) + 1)
     rejected = dict(zip(special, REJECTED, strict=False))
@@ -180,9 +185,14 @@ def _body(days: list[dict[str, Any]]) -> bytes:
     return orjson.dumps({"message": "success", "data": days})
 
 
-def test_int_metric_is_int64_whether_a_batch_held_floats_ints_or_nothing() -> None:
+#: The flattener's two paths: the C loop (the common case) and pure Python.
+BOTH = pytest.mark.parametrize("accelerate", [True, False], ids=["c", "python"])
+
+
+@BOTH
+def test_int_metric_is_int64_whether_a_batch_held_floats_ints_or_nothing(accelerate: bool) -> None:
     """A column's type never depends on what its batch held."""
-    flat = Flattener("r")
+    flat = Flattener("r", accelerate=accelerate)
     entry = {"variation_name": "A", "sent": 3.0, "revenue": 0}
     flat.add(1, "c", "s1", _body([{"time": "2026-11-20", "messages": {"email": [entry]}, "conversions": 2.0}]), 0)
     floats = flat.build()
@@ -208,10 +218,11 @@ def test_int_metric_is_int64_whether_a_batch_held_floats_ints_or_nothing() -> No
     assert only_unknown.totals[0].column("extra_metrics").to_pylist() == [[("x", "null")]]
 
 
-def test_a_day_listed_twice() -> None:
+@BOTH
+def test_a_day_listed_twice(accelerate: bool) -> None:
     """Identical copies are one row; copies that differ (even 1 vs 1.0) reject the response."""
     day = {"time": "2026-11-20", "messages": {"email": [{"variation_name": "A", "sent": 1}]}, "conversions": 1}
-    flat = Flattener("r")
+    flat = Flattener("r", accelerate=accelerate)
     flat.add(1, "c", "same", _body([day, {"time": "2026-11-21"}, dict(reversed(day.items()))]), 0)
     flat.add(2, "c", "differ", _body([day, {**day, "conversions": 1.0}]), 0)
     flat.add(3, "c", "quiet", _body([{"time": "2026-11-20"}, {"time": "2026-11-20", "messages": {}}]), 0)
@@ -225,10 +236,11 @@ def test_a_day_listed_twice() -> None:
     assert fb.stats[0].column("send_id").to_pylist() == ["same"]
 
 
-def test_integers_beyond_64_bits_are_read_as_doubles() -> None:
+@BOTH
+def test_integers_beyond_64_bits_are_read_as_doubles(accelerate: bool) -> None:
     """The README's caveat: the JSON parser reads an integer beyond 2**64 as the nearest
     double; revenue keeps it (as it would keep 1.18e21), a count rejects it."""
-    flat = Flattener("r")
+    flat = Flattener("r", accelerate=accelerate)
     day = b'{"time": "2026-11-20", "messages": {}, "revenue": %d}' % 2**70
     flat.add(1, "c", "s1", b'{"message": "success", "data": [%s]}' % day, 0)
     day = b'{"time": "2026-11-20", "messages": {}, "conversions": %d}' % (2**64 + 1)
