@@ -10,6 +10,8 @@ Public surface (everything else is private and may change)::
     async for table, batch in bulkexport.stream_batches(pairs):   # Arrow batches, own sink
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .api import BatchStream, export, export_async, make_plan, stream_batches
 from .config import ApiKey, ExportConfig
@@ -25,8 +27,20 @@ from .errors import (
     StorageError,
 )
 from .pairs import Pair
-from .read import dataset, read_table
 from .summary import ExportSummary
+
+if TYPE_CHECKING:
+    from .read import dataset, read_table
+
+
+def __getattr__(name: str) -> Any:
+    # Reading back needs pyarrow.dataset (~7 MB resident); an export never does, so it is
+    # imported on first use.
+    if name in ("dataset", "read_table"):
+        from . import read
+
+        return getattr(read, name)
+    raise AttributeError(f"module 'bulkexport' has no attribute {name!r}")
 
 __all__ = [
     "ApiKey",

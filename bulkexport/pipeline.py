@@ -597,17 +597,17 @@ class Exporter:
     async def _publish(self, state: RunState) -> tuple[int, set[str]]:
         """Compact staged parts into the dataset; return the generation and the staged files
         to remove once the run's outputs are written and the publish is marked done."""
-        parts = state.unpublished_parts()
+        staged = state.staged_files()
         gen = int(state.get("published_gen") if state.get("published_gen") is not None else -1) + 1
         state.put("phase", "publishing")
         files: list[tuple[str, str, str, int, int]] = []
-        if parts:
-            await asyncio.to_thread(self._sink.publish, parts, gen, lambda *f: files.append(f))
+        if staged:
+            await asyncio.to_thread(self._sink.publish, state.unpublished_parts(), gen, lambda *f: files.append(f))
         for f in files:
             state.record_published(*f)
         if files:
             log.info("published %d file(s) for run %s", len(files), self.cfg.run_id)
-        return gen, {p.file for p in parts}
+        return gen, staged
 
     def _finish_publish(self, state: RunState, gen: int, staged: set[str]) -> None:
         """Last step: a crash before it makes the next invocation publish (the same names)

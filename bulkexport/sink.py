@@ -156,7 +156,7 @@ class Sink:
     # -- publishing ---------------------------------------------------------------------------
     def publish(
         self,
-        parts: list[PartRecord],
+        parts: Iterable[PartRecord],
         gen: int,
         on_file: Callable[[str, str, str, int, int], None],
     ) -> None:

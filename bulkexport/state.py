@@ -326,12 +326,20 @@ class RunState:
             db.executemany("UPDATE pairs SET status = 2 WHERE id = ?", [(f[0],) for f in failed])
             db.execute(_UPSERT_META, ("next_seq", str(seq + 1)))
 
-    def unpublished_parts(self) -> list[PartRecord]:
-        """Staged batches not yet compacted into the dataset, in publishing order."""
-        rows = self._db.execute(
-            "SELECT seq, tbl, date, batch, rows, file FROM parts WHERE gen IS NULL ORDER BY tbl, date, seq"
-        )
-        return [PartRecord(*r) for r in rows]
+    def unpublished_parts(self, page: int = 10_000) -> Iterator[PartRecord]:
+        """Staged batches not yet compacted into the dataset, in publishing order, streamed
+        (a million pairs stage a hundred thousand parts) through a connection of its own, so
+        the publishing thread may read while the run records what it published."""
+        reader = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            cursor = reader.execute(
+                "SELECT seq, tbl, date, batch, rows, file FROM parts WHERE gen IS NULL ORDER BY tbl, date, seq"
+            )
+            while rows := cursor.fetchmany(page):
+                for r in rows:
+                    yield PartRecord(*r)
+        finally:
+            reader.close()
 
     def staged_files(self) -> set[str]:
         """Checkpoint files that still hold unpublished rows."""
