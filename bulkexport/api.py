@@ -20,10 +20,11 @@ from typing import Any
 from .client import format_ending_at
 from .config import ApiKey, ExportConfig, retention_warning
 from .errors import ConfigError
+from .layout import RunLayout
 from .pairs import IdCheck, PairSource, iter_items, iter_pair_file
 from .pipeline import Exporter
 from .state import DONE, FAILED, PENDING, RunState
-from .storage import open_target, state_dir_for
+from .storage import open_target
 from .summary import ExportSummary, Progress
 
 __all__ = ["BatchStream", "Plan", "export", "export_async", "make_plan", "stream_batches"]
@@ -183,9 +184,7 @@ def make_plan(
         items = iter_items(pairs, check=check)
     else:
         raise ConfigError("a plan needs a pairs file or a plain (not async) iterable of pairs")
-    existing = state_dir_for(open_target(out), cfg.run_id, Path(cfg.state_dir) if cfg.state_dir else None) / (
-        "state.sqlite"
-    )
+    existing = RunLayout.of(open_target(out), cfg.run_id, Path(cfg.state_dir) if cfg.state_dir else None).state_db
     done = failed = pending = in_run = 0
     with tempfile.TemporaryDirectory(prefix="bulkexport-plan-") as tmp:
         spool = RunState(Path(tmp) / "plan.sqlite")

@@ -1,31 +1,63 @@
 """Where the dataset lives: a local folder or an object store, behind one small contract.
 
-The run state (SQLite, staged checkpoints) is always on local disk, where fsync and rename
-work. For a local output it sits inside the output (``_bulkexport/``); for an object store
-(``s3://``, ``gs://``, ``abfs://`` -- whatever ``pyarrow.fs`` supports) it sits in a local
-state folder (``--state-dir``, default ``~/.cache/bulkexport``), and the run's manifest is
-copied next to the data.
+Two classes, one contract (:class:`Target`), because the two differ in exactly what matters
+for a reader never seeing a partial file:
 
-Publishing a file is atomic either way: locally a hidden temporary file is fsynced and
-renamed into place; on an object store the file is uploaded from local disk in one object
-write, which the store makes visible only once complete (a multipart upload that is never
-completed leaves no object). Credentials come from the standard chains of each store
+* :class:`LocalTarget`: a file is written hidden beside its final name (``.``-prefixed,
+  ``.tmp``: no reader lists it), fsynced and renamed into place; a rename replaces whatever
+  an interrupted attempt left under that name.
+* :class:`ObjectStoreTarget` (``s3://``, ``gs://``, ``abfs://``: whatever ``pyarrow.fs``
+  opens): there is no rename, so a file is written on local disk first and uploaded in one
+  object write, which the store makes visible only once complete; objects an interrupted
+  publish left behind are deleted before a generation is written again; run documents are
+  mirrored next to the data, so another machine sees that a run finished.
+
+The run's state (SQLite, staged checkpoints) is always on local disk, where fsync and rename
+work (see :mod:`bulkexport.layout`). Credentials come from each store's standard chain
 (``AWS_*`` variables, ``~/.aws/config``, instance roles); for S3-compatible servers,
 ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` are honoured (pyarrow itself ignores them).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 
-__all__ = ["Target", "commit_file", "default_state_root", "open_target"]
+__all__ = [
+    "LocalTarget",
+    "ObjectStoreTarget",
+    "Target",
+    "commit_file",
+    "fsync_path",
+    "open_target",
+    "storage_errors",
+]
+
+TMP_SUFFIX = ".tmp"
+
+
+@contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Translate OS and Arrow I/O errors into :class:`StorageError` with a message a person
+    can act on (the one boundary where they are translated)."""
+    try:
+        yield
+    except OSError as exc:
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise StorageError(f"cannot {what}: {reason} ({exc.filename or ''})".replace(" ()", "")) from exc
+    except pa.ArrowException as exc:
+        raise StorageError(f"cannot {what}: {exc}") from exc
 
 
 def fsync_path(path: Path, *, directory: bool = False) -> None:
@@ -43,25 +75,15 @@ def commit_file(tmp: Path, final: Path) -> None:
     fsync_path(final.parent, directory=True)
 
 
-def default_state_root() -> Path:
-    """Local folder for the state of runs whose output is an object store."""
-    explicit = os.environ.get("BULKEXPORT_STATE_DIR")
-    if explicit:
-        return Path(explicit)
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "bulkexport"
+class Target(ABC):
+    """The dataset root; paths are relative to it, with ``/`` separators."""
 
+    __slots__ = ("_fs", "_root", "uri")
 
-class Target:
-    """The dataset root: paths are relative to it, with ``/`` separators."""
-
-    __slots__ = ("_fs", "_root", "local", "uri")
-
-    def __init__(self, uri: str, fs: pafs.FileSystem, root: str, *, local: bool) -> None:
+    def __init__(self, uri: str, fs: pafs.FileSystem, root: str) -> None:
         self.uri = uri  # as the user gave it (never holds credentials: refused in open_target)
         self._fs = fs  # pyarrow filesystem
         self._root = root.rstrip("/")  # root path inside it
-        self.local = local  # local filesystem: rename works
 
     @property
     def filesystem(self) -> pafs.FileSystem:
@@ -70,31 +92,43 @@ class Target:
     def path(self, rel: str) -> str:
         return f"{self._root}/{rel}" if rel else self._root
 
-    def local_path(self, rel: str) -> Path:
-        assert self.local
-        return Path(self.path(rel))
+    def url(self, rel: str) -> str:
+        """Where a reader finds ``rel``: a path for a local folder, a URI for a store."""
+        return f"{self.uri.rstrip('/')}/{rel}"
 
+    # -- what differs -------------------------------------------------------------------------
+    @abstractmethod
+    def state_dir(self, state_root: Path | None) -> Path:
+        """The local folder that holds this output's run state (``runs/<run_id>`` below it)."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Fail now, not after the fetch, if the output cannot be written."""
+
+    @abstractmethod
+    def scratch(self, rel_dir: str, run_dir: Path) -> Path:
+        """A local folder where a file for ``rel_dir`` is written before it becomes visible."""
+
+    @abstractmethod
     def publish_file(self, tmp: Path, rel: str) -> int:
-        """Make the complete file ``tmp`` visible as ``rel``; return its size."""
-        size = tmp.stat().st_size
-        if self.local:
-            commit_file(tmp, self.local_path(rel))
-        else:
-            try:
-                self.upload(tmp, rel)
-            finally:
-                tmp.unlink(missing_ok=True)
-        return size
+        """Make the complete local file ``tmp`` visible as ``rel``; return its size."""
 
-    def upload(self, local: Path, rel: str) -> None:
-        """Copy the complete local file ``local`` to ``rel``, in one object write."""
-        pafs.copy_files(str(local), self.path(rel), source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self._fs)  # fmt: skip
+    @abstractmethod
+    def clear_generation(self, rel_dir: str, prefix: str) -> None:
+        """Before a publish generation is written again: remove what an interrupted attempt
+        left under ``prefix`` where writing the same names would not replace it."""
 
-    def read_bytes(self, rel: str) -> bytes:
-        with self._fs.open_input_stream(self.path(rel)) as src:
-            return bytes(src.read())
+    @abstractmethod
+    def mirror(self, local: Path, rel: str) -> str:
+        """A run document written in the state folder, made visible next to the data if the
+        state folder is elsewhere; return where readers find it."""
 
+    @abstractmethod
+    def finished_elsewhere_document(self, rel: str) -> bytes | None:
+        """The mirrored document ``rel``, if a run writes its documents away from its state
+        (object stores); None otherwise."""
+
+    # -- the same for both --------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
         return bool(self._fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound)
 
@@ -107,10 +141,90 @@ class Target:
         selector = pafs.FileSelector(self.path(rel_dir), allow_not_found=True, recursive=False)
         return [info.base_name for info in self._fs.get_file_info(selector) if info.type == pafs.FileType.File]
 
-    def make_dir(self, rel_dir: str) -> None:
-        if self.local:
-            self.local_path(rel_dir).mkdir(parents=True, exist_ok=True)
-        # Object stores have no folders: a key's prefix is enough.
+
+class LocalTarget(Target):
+    """A folder on this machine; the run state lives inside it, under ``_bulkexport/``."""
+
+    __slots__ = ()
+
+    def local_path(self, rel: str) -> Path:
+        return Path(self.path(rel))
+
+    def url(self, rel: str) -> str:
+        return str(self.local_path(rel))
+
+    def state_dir(self, state_root: Path | None) -> Path:
+        return self.local_path("_bulkexport")
+
+    def check(self) -> None:
+        self.local_path("").mkdir(parents=True, exist_ok=True)
+
+    def scratch(self, rel_dir: str, run_dir: Path) -> Path:
+        folder = self.local_path(rel_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder  # beside its final name: a rename within one folder is atomic
+
+    def publish_file(self, tmp: Path, rel: str) -> int:
+        size = tmp.stat().st_size
+        commit_file(tmp, self.local_path(rel))
+        return size
+
+    def clear_generation(self, rel_dir: str, prefix: str) -> None:
+        pass  # the rename of each file replaces what an earlier attempt left
+
+    def mirror(self, local: Path, rel: str) -> str:
+        return str(local)  # the state folder is inside the output already
+
+    def finished_elsewhere_document(self, rel: str) -> bytes | None:
+        return None
+
+
+class ObjectStoreTarget(Target):
+    """An object store; the run state lives in a local state folder (``--state-dir``)."""
+
+    __slots__ = ()
+
+    def state_dir(self, state_root: Path | None) -> Path:
+        if state_root is None:
+            explicit = os.environ.get("BULKEXPORT_STATE_DIR")
+            cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+            state_root = Path(explicit) if explicit else Path(cache) / "bulkexport"
+        return state_root / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+
+    def check(self) -> None:
+        self.list_names("")  # bad credentials or a missing bucket fail here, not after the fetch
+
+    def scratch(self, rel_dir: str, run_dir: Path) -> Path:
+        return run_dir  # written locally, uploaded whole
+
+    def publish_file(self, tmp: Path, rel: str) -> int:
+        size = tmp.stat().st_size
+        try:
+            self._upload(tmp, rel)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return size
+
+    def clear_generation(self, rel_dir: str, prefix: str) -> None:
+        # Objects of this generation left by an interrupted publish (possibly on another
+        # machine) go before it is written again: there is no rename to replace them.
+        for name in self.list_names(rel_dir):
+            if name.startswith(prefix):
+                self.delete(f"{rel_dir}/{name}")
+
+    def mirror(self, local: Path, rel: str) -> str:
+        self._upload(local, rel)
+        return self.url(rel)
+
+    def finished_elsewhere_document(self, rel: str) -> bytes | None:
+        if not self.exists(rel):
+            return None
+        with self._fs.open_input_stream(self.path(rel)) as src:
+            return bytes(src.read())
+
+    def _upload(self, local: Path, rel: str) -> None:
+        pafs.copy_files(str(local), self.path(rel), source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self._fs)  # fmt: skip
 
 
 def open_target(out: str | Path) -> Target:
@@ -126,7 +240,7 @@ def open_target(out: str | Path) -> Target:
         local = parts.path if parts.scheme == "file" else text
         if not local:
             raise ConfigError(f"output {text!r} names no folder")
-        return Target(text, pafs.LocalFileSystem(), str(Path(local).absolute()), local=True)
+        return LocalTarget(text, pafs.LocalFileSystem(), str(Path(local).absolute()))
     if parts.username or parts.password:
         raise ConfigError("do not put credentials in the output URI; use the store's standard environment")
     if parts.scheme == "s3":
@@ -134,7 +248,7 @@ def open_target(out: str | Path) -> Target:
         if endpoint and "endpoint_override" not in parts.query:
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
             fs = pafs.S3FileSystem(endpoint_override=endpoint, region=region)
-            return Target(text, fs, f"{parts.netloc}{parts.path}", local=False)
+            return ObjectStoreTarget(text, fs, f"{parts.netloc}{parts.path}")
     try:
         fs, root = pafs.FileSystem.from_uri(text)
     except (ValueError, OSError) as exc:
@@ -142,12 +256,6 @@ def open_target(out: str | Path) -> Target:
         raise ConfigError(f"cannot use output {text!r}: {first}") from None
     if not root.strip("/"):
         raise ConfigError(f"output {text!r} names no bucket or container")
-    return Target(text, fs, root, local=isinstance(fs, pafs.LocalFileSystem))
-
-
-def state_dir_for(target: Target, run_id: str, state_root: Path | None) -> Path:
-    """The local folder that holds one run's state."""
-    if target.local:
-        return target.local_path(f"_bulkexport/runs/{run_id}")
-    key = hashlib.sha256(target.uri.encode()).hexdigest()[:16]
-    return (state_root or default_state_root()) / key / "runs" / run_id
+    if isinstance(fs, pafs.LocalFileSystem):
+        return LocalTarget(text, fs, root)
+    return ObjectStoreTarget(text, fs, root)

@@ -1,0 +1,69 @@
+"""Ingest: the input's pairs join the run, spooled into its state before any request.
+
+The run's pairs are the **union** of every input given for its run id: each invocation reads
+its input and adds the pairs the run does not have yet, so a rerun with new pairs fetches
+exactly those, and pairs already in the run (done, failed or pending) are never fetched twice.
+The whole input is read and checked first, so a bad line costs no budget; it is streamed into
+SQLite, so a million pairs cost no memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .pairs import IdCheck, iter_items, iter_pair_file, pair_from_item
+from .state import Ingested, RunState
+from .summary import ExportSummary
+
+__all__ = ["ingest"]
+
+log = logging.getLogger("bulkexport")
+
+
+async def ingest(state: RunState, source: Any, pairs_format: str | None, summary: ExportSummary) -> None:
+    """Add ``source`` (a pairs file, or an iterable or async iterable of pairs) to the run,
+    and count what it held into ``summary``."""
+    check = IdCheck()
+    had = state.count()
+    if isinstance(source, str | Path):
+        got = await asyncio.to_thread(state.ingest, (p for _, p in iter_pair_file(source, pairs_format, check)))
+    elif isinstance(source, AsyncIterable):
+        got = await _ingest_async(state, source, check)
+    elif isinstance(source, Iterable):
+        got = await asyncio.to_thread(state.ingest, (p for _, p in iter_items(source, check=check)))
+    else:
+        raise ConfigError(f"pairs must be a file path or an iterable of pairs, not {type(source).__name__}")
+    s = summary
+    s.pairs_read, s.pairs_duplicates, s.pairs_added = got.read, got.read - got.unique, got.added
+    s.ids_trimmed = check.trimmed
+    if got.unique == 0:
+        log.warning("the pairs input holds no pairs")
+    if got.read != got.unique:
+        log.info("read %d pairs, %d duplicates ignored", got.read, got.read - got.unique)
+    if check.trimmed:
+        log.info("trimmed surrounding whitespace from %d id(s) (the first: %s)", check.trimmed, check.first_trimmed)
+    if had and got.added:
+        log.info("run %s: %d new pair(s) added to the %d it had; only they are fetched", summary.run_id, got.added,
+                 had)  # fmt: skip
+
+
+async def _ingest_async(state: RunState, source: AsyncIterable[Any], check: IdCheck) -> Ingested:
+    state.begin_ingest()
+    read, buf = 0, []
+    try:
+        async for item in source:
+            read += 1
+            buf.append(pair_from_item(item, "<pairs>", read, check))
+            if len(buf) >= 10_000:
+                state.insert(buf)
+        state.insert(buf)
+    except BaseException:
+        state.abort_ingest()
+        raise
+    unique, added = state.finish_ingest()
+    return Ingested(read, unique, added)

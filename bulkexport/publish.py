@@ -1,0 +1,220 @@
+"""Publishing: staged checkpoints become the dataset, and the run writes its documents.
+
+:class:`ParquetPublisher` compacts the staged batches, date by date, into Parquet files of
+``row_group_rows``-row groups, at most ``file_rows`` rows each, under
+``<table>/date=YYYY-MM-DD/part-<run_id>-<gen>-<n>.parquet``. Each file becomes visible only
+when complete (the target decides how: a rename, or one object upload). Publishing is
+deterministic: a publish interrupted and redone writes the same names, which replace what the
+first attempt left. Each row is encoded once here (the staged form is a raw lz4 dump).
+
+:class:`RunDocuments` writes ``manifest.json`` and ``failures.jsonl`` atomically in the run's
+state folder, mirrors them next to the data when that is elsewhere (object stores), and tells
+whether a run finished on another machine.
+
+Everything here is synchronous and runs in a worker thread; Arrow and Parquet release the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from itertools import groupby
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .checkpoint import Staging
+from .layout import RunLayout
+from .schema import TABLES
+from .state import PartRecord
+from .storage import TMP_SUFFIX, Target, commit_file, storage_errors
+from .summary import FINISHED
+
+__all__ = ["OnFile", "ParquetPublisher", "RunDocuments"]
+
+#: Dictionary pages pay for repeated strings; for counts they cost time and no space.
+_DICTIONARY_COLUMNS = ("campaign_id", "send_id", "channel", "variation_name", "variation_api_id", "run_id")
+
+#: Called once a file is visible: (path relative to the dataset, table, date, rows, bytes).
+OnFile = Callable[[str, str, str, int, int], None]
+
+
+class ParquetPublisher:
+    """Staged parts -> Hive-partitioned Parquet files."""
+
+    __slots__ = ("_file_rows", "_layout", "_row_group_rows", "_staging", "_target")
+
+    def __init__(
+        self, target: Target, layout: RunLayout, staging: Staging, *, row_group_rows: int, file_rows: int
+    ) -> None:
+        self._target = target  # the dataset root
+        self._layout = layout  # names
+        self._staging = staging  # where the parts are read
+        self._row_group_rows = row_group_rows  # rows per row group
+        self._file_rows = file_rows  # rows per file, at most
+
+    def publish(self, parts: Iterable[PartRecord], gen: int, on_file: OnFile) -> None:
+        """Compact ``parts`` (in (table, date, seq) order) into the dataset."""
+        counters: dict[str, int] = {}  # table -> next file number (shared across dates)
+        for (table, day), group in groupby(parts, key=lambda p: (p.table, p.date)):
+            directory = self._layout.partition(table, day)
+            with storage_errors(f"prepare {self._target.path(directory)}"):
+                self._target.clear_generation(directory, self._layout.part_prefix(gen))
+            writer = _PartitionWriter(self, directory, table, day, gen, counters, on_file)
+            try:
+                for part in group:
+                    # One batch per (file, table, date): each file is opened once per date and
+                    # closed before the next, so descriptors stay few.
+                    writer.add(self._staging.read(part))
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+
+
+class _PartitionWriter:
+    """Streams batches of one table and date into row-group-sized Parquet files."""
+
+    __slots__ = (
+        "_buffer", "_buffered", "_counters", "_day", "_dir", "_file_rows", "_gen", "_on_file", "_path", "_pub",
+        "_table", "_tmp", "_writer",
+    )  # fmt: skip
+
+    def __init__(
+        self, pub: ParquetPublisher, directory: str, table: str, day: str, gen: int, counters: dict[str, int],
+        on_file: OnFile,
+    ) -> None:  # fmt: skip
+        self._pub = pub  # sizes, names, the target
+        self._dir = directory  # the partition folder, relative to the target
+        self._table = table  # table name
+        self._day = day  # partition value
+        self._gen = gen  # publish generation, part of file names
+        self._counters = counters  # table -> next file number
+        self._on_file = on_file  # called once a file is visible
+        self._buffer: list[pa.RecordBatch] = []  # rows not yet written
+        self._buffered = 0  # rows in _buffer
+        self._writer: pq.ParquetWriter | None = None  # open file, if any
+        self._path: str | None = None  # its final name, relative to the target
+        self._tmp: Path | None = None  # its temporary name
+        self._file_rows = 0  # rows in the open file
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self._buffer.append(batch)
+        self._buffered += batch.num_rows
+        group = self._pub._row_group_rows
+        while self._buffered >= group:
+            table = pa.Table.from_batches(self._buffer)
+            self._write(table.slice(0, group))
+            rest = table.slice(group)
+            self._buffer = rest.to_batches()
+            self._buffered = rest.num_rows
+
+    def close(self) -> None:
+        if self._buffered:
+            self._write(pa.Table.from_batches(self._buffer))
+        self._buffer, self._buffered = [], 0
+        self._finish_file()
+
+    def _write(self, table: pa.Table) -> None:
+        """Write ``table`` as one row group, starting a new file when the open one is full."""
+        pub = self._pub
+        if self._writer is not None and self._file_rows + table.num_rows > pub._file_rows:
+            self._finish_file()
+        if self._writer is None:
+            n = self._counters.get(self._table, 0)
+            self._counters[self._table] = n + 1
+            name = pub._layout.part(self._gen, n)
+            self._path = f"{self._dir}/{name}"
+            with storage_errors(f"write {self._path}"):
+                self._tmp = pub._target.scratch(self._dir, pub._layout.run_dir) / f".{name}{TMP_SUFFIX}"
+                schema = TABLES[self._table]
+                self._writer = pq.ParquetWriter(
+                    str(self._tmp), schema, compression="zstd",
+                    use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in schema.names],
+                )  # fmt: skip
+            self._file_rows = 0
+        with storage_errors(f"write {self._path}"):
+            # Chunked is fine: the writer streams the chunks into one row group; combining them
+            # first would hold a second copy of the row group in memory.
+            self._writer.write_table(table, row_group_size=table.num_rows)
+        self._file_rows += table.num_rows
+
+    def abort(self) -> None:
+        """Drop the file being written: it never becomes visible."""
+        if self._writer is not None:
+            with suppress(OSError, pa.ArrowException):
+                self._writer.close()
+            self._writer = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+    def _finish_file(self) -> None:
+        if self._writer is None:
+            return
+        assert self._path is not None and self._tmp is not None
+        with storage_errors(f"write {self._pub._target.path(self._path)}"):
+            self._writer.close()
+            size = self._pub._target.publish_file(self._tmp, self._path)
+        self._on_file(self._path, self._table, self._day, self._file_rows, size)
+        self._writer = None
+
+
+class RunDocuments:
+    """``manifest.json`` and ``failures.jsonl``: in the state folder, and next to the data."""
+
+    __slots__ = ("_layout", "_target")
+
+    def __init__(self, target: Target, layout: RunLayout) -> None:
+        self._target = target
+        self._layout = layout
+
+    def write(self, name: str, data: bytes | Iterable[bytes]) -> str:
+        """Write a document (whole, or as chunks: streamed, so a million failures cost no
+        memory) atomically and owner-only; return where readers find it."""
+        final = self._layout.document(name)
+        tmp = final.with_name(f".{name}{TMP_SUFFIX}")
+        with storage_errors(f"write {final}"):
+            _write_private(tmp, [data] if isinstance(data, bytes) else data)
+            commit_file(tmp, final)
+        rel = self._layout.mirrored(name)
+        with storage_errors(f"write {self._target.url(rel)}"):
+            return self._target.mirror(final, rel)
+
+    def write_json(self, name: str, doc: object) -> str:
+        return self.write(name, orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+
+    def finished_elsewhere(self) -> bool:
+        """A run whose documents live apart from its state (object stores) finished on
+        another machine: its manifest next to the data says so (a run that stopped early
+        writes one too, with its status)."""
+        with storage_errors(f"read {self._target.uri}"):
+            doc = self._target.finished_elsewhere_document(self._layout.mirrored("manifest.json"))
+        if doc is None:
+            return False
+        try:
+            return orjson.loads(doc).get("status") in FINISHED
+        except (orjson.JSONDecodeError, AttributeError):
+            return False
+
+    def remove_run(self, published: list[str]) -> None:
+        """``--overwrite``: delete a run's published files, mirrored documents and state."""
+        with storage_errors("remove the earlier run"):
+            for rel in published:
+                self._target.delete(rel)
+            for name in ("manifest.json", "failures.jsonl"):
+                if self._target.finished_elsewhere_document(self._layout.mirrored(name)) is not None:
+                    self._target.delete(self._layout.mirrored(name))
+            shutil.rmtree(self._layout.run_dir, ignore_errors=True)
+
+
+def _write_private(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to a new owner-only (0600) file, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fd, 0o600)  # a leftover file of that name may have had another mode
+        for chunk in chunks:
+            fh.write(chunk)
