@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .api import BatchStream, export, export_async, make_plan, stream_batches
-from .config import ApiKey, ExportConfig
+from .config import ExportConfig
 from .errors import (
     AuthError,
     BrazeUnavailable,
@@ -26,6 +26,7 @@ from .errors import (
     RunStopped,
     StorageError,
 )
+from .inputs import ApiKey
 from .pairs import Pair
 from .summary import ExportSummary
 

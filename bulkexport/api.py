@@ -17,9 +17,11 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from . import env
 from .client import format_ending_at
-from .config import ApiKey, ExportConfig, retention_warning
+from .config import ExportConfig
 from .errors import ConfigError
+from .inputs import ApiKey, retention_warning
 from .layout import RunLayout
 from .pairs import IdCheck, PairSource, iter_items, iter_pair_file
 from .pipeline import Exporter
@@ -40,12 +42,12 @@ def _config(
     allow_custom_endpoint: bool,
     options: dict[str, Any],
 ) -> ExportConfig:
-    endpoint = endpoint or os.environ.get("BRAZE_REST_ENDPOINT")
+    endpoint = endpoint or os.environ.get(env.ENDPOINT)
     if not endpoint:
-        raise ConfigError("no endpoint: pass endpoint= or set BRAZE_REST_ENDPOINT")
-    key = api_key if api_key is not None else os.environ.get("BRAZE_API_KEY")
+        raise ConfigError(f"no endpoint: pass endpoint= or set {env.ENDPOINT}")
+    key = api_key if api_key is not None else os.environ.get(env.API_KEY)
     if not key:
-        raise ConfigError("no API key: pass api_key= or set BRAZE_API_KEY")
+        raise ConfigError(f"no API key: pass api_key= or set {env.API_KEY}")
     return ExportConfig.build(
         endpoint=endpoint,
         api_key=key,

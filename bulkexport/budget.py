@@ -17,11 +17,12 @@ Pure bookkeeping: no asyncio, no waiting. Times are the caller's wall clock (epo
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import math
 from collections.abc import Mapping
 
-__all__ = ["WindowBudget", "header", "number"]
+__all__ = ["WindowBudget", "header", "number", "pace", "retry_after_seconds"]
 
 log = logging.getLogger("bulkexport")
 
@@ -46,6 +47,26 @@ def number(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def retry_after_seconds(value: str | None, wall: float) -> float | None:
+    """Seconds from a ``Retry-After`` value (delta-seconds or HTTP date), if usable."""
+    if not value:
+        return None
+    seconds = number(value)
+    if seconds is None:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value.strip()).timestamp() - wall
+        except (TypeError, ValueError):
+            return None
+    return seconds if seconds >= 0 else None
+
+
+def pace(share: float, limit: float, window: float, max_rate: float | None) -> float:
+    """The one pacing formula: ``share x limit / window`` requests a second, capped by
+    ``max_rate`` (the configured pace before any answer, and the ceiling after)."""
+    rate = share * limit / window
+    return rate if max_rate is None else min(rate, max_rate)
 
 
 class WindowBudget:
@@ -80,9 +101,8 @@ class WindowBudget:
         return self._reset
 
     def ceiling(self) -> float:
-        """``share x limit / window``, capped by ``max_rate``: the pace with budget to spare."""
-        rate = self._share * self.limit / self.window_estimate()
-        return rate if self._max_rate is None else min(rate, self._max_rate)
+        """The pace with budget to spare, for the limit and window as learnt so far."""
+        return pace(self._share, self.limit, self.window_estimate(), self._max_rate)
 
     def observe(self, seq: int, sent: float, wall: float, status: int | None, headers: Mapping[str, str]) -> bool:
         """Learn from the answer to our start number ``seq``, sent at ``sent`` and answered at
@@ -177,6 +197,25 @@ class WindowBudget:
                     rate = max(rate, (spent - before - noise) / span)
                 break
         return max(rate, 0.0)
+
+    def after_429(
+        self, headers: Mapping[str, str], wall: float, probe: bool, escalation: int, max_pause: float
+    ) -> tuple[float, str, bool]:
+        """How long everyone waits after a 429 (new, or on the probe): (seconds, why, whether
+        the wait ends at a reset). ``Retry-After`` is the server's instruction for that answer;
+        a 429 without it, or a second one on the probe, waits for ``X-RateLimit-Reset``."""
+        retry_after = retry_after_seconds(header(headers, "Retry-After"), wall)
+        reset = number(header(headers, "X-RateLimit-Reset")) or self._reset
+        to_reset = False
+        if retry_after is not None and not probe:
+            wait, why = retry_after, "Retry-After"
+        elif reset is not None and reset > wall:
+            wait, why, to_reset = reset - wall, "the rate-limit reset", True
+        else:  # nothing to go by: back off, doubling while probes keep failing
+            wait, why = min(1.0, self.window_estimate() / 10) * 2**escalation, "a back-off"
+        if wait > max_pause:
+            wait, why = max_pause, f"{why}, capped"
+        return wait, why, to_reset
 
     def allowed(self, wall: float, starts: int, noise: float) -> float | None:
         """Requests per second the window's budget allows until its reset, ``starts`` being

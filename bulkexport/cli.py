@@ -24,17 +24,15 @@ import logging
 import os
 import shutil
 import sys
-import uuid
-from collections.abc import Iterator, Sequence
-from datetime import UTC, date, datetime
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
-import orjson
-
+from . import env
 from ._version import __version__
 from .api import export_async, make_plan
-from .config import redact_secret
+from .demo import demo, print_hints
 from .errors import AuthError, BrazeUnavailable, ConfigError, RunInProgress, RunStopped, StorageError
+from .logs import setup_logging
 from .settings import add_export_options, resolve
 from .summary import ExportSummary, Progress
 
@@ -55,66 +53,6 @@ EXIT_CODES = {
 }
 
 log = logging.getLogger("bulkexport")
-
-
-class _Redact(logging.Filter):
-    """Last line of defence: no log record leaves with the key in it, traceback included.
-
-    Uses the library's one redaction rule (whole occurrences of the key), so a short key that
-    is refused still cannot garble the message that refuses it.
-    """
-
-    def __init__(self, secret: str) -> None:
-        super().__init__()
-        self._secret = secret
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secret:
-            return True
-        message = record.getMessage()
-        clean = redact_secret(message, self._secret)
-        if clean is not message:
-            record.msg, record.args = clean, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact_secret(record.exc_text, self._secret)
-        if record.stack_info:
-            record.stack_info = redact_secret(record.stack_info, self._secret)
-        return True
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            doc["exc"] = record.exc_text or self.formatException(record.exc_info)
-        return orjson.dumps(doc).decode()
-
-
-_LEVELS = ("debug", "info", "warning", "error")
-
-
-def _setup_logging(level: str, fmt: str, key: str | None = None) -> logging.Handler:
-    if level.lower() not in _LEVELS:
-        level = "info"  # a bad $BULKEXPORT_LOG_LEVEL is reported by resolve(), with exit 2
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
-    secret = (key if key is not None else os.environ.get("BRAZE_API_KEY", "")).strip()
-    handler.addFilter(_Redact(secret))
-    root = logging.getLogger("bulkexport")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-    return handler
 
 
 _EXAMPLE = """\
@@ -194,17 +132,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     given = vars(args)
     _use_system_allocator()
-    _setup_logging(
-        given.get("log_level") or os.environ.get("BULKEXPORT_LOG_LEVEL") or "info",
-        given.get("log_format") or os.environ.get("BULKEXPORT_LOG_FORMAT") or "text",
+    setup_logging(
+        given.get("log_level") or os.environ.get(env.LOG_LEVEL) or "info",
+        given.get("log_format") or os.environ.get(env.LOG_FORMAT) or "text",
+        os.environ.get(env.API_KEY, ""),
     )
     try:
         if args.command == "demo":
-            code = _finish(asyncio.run(_demo(args)))
-            _print_demo_hints(args.out)
+            code = _finish(asyncio.run(demo(args)))
+            print_hints(args.out)
             return code
         settings = resolve(given)
-        _setup_logging(settings["log_level"], settings["log_format"], settings["api_key"])
+        setup_logging(settings["log_level"], settings["log_format"], settings["api_key"] or "")
         if settings["dry_run"]:
             return _dry_run(settings)
         return _finish(asyncio.run(_export(settings)))
@@ -344,56 +283,6 @@ def _dry_run(settings: dict[str, Any]) -> int:
     for line in plan.lines():
         print(line)
     return EXIT_OK
-
-
-def _demo_pairs(n: int) -> Iterator[tuple[str, str]]:
-    """Generated lazily: a few sends per campaign, one duplicate to show de-duplication."""
-    for i in range(n):
-        yield f"campaign-{i // 4:05d}", f"send-{i:06d}"
-    if n:
-        yield "campaign-00000", "send-000000"
-
-
-async def _demo(args: argparse.Namespace) -> ExportSummary:
-    from .simulator import FaultRule, Simulator
-
-    anchor = date.today()
-    key = str(uuid.uuid4())  # shaped like a real Braze key (a UUID), fresh for every demo
-    async with Simulator(
-        api_key=key, seed=7, anchor_date=anchor, rate_limit=args.limit, rate_window=2.0, extras=True
-    ) as sim:
-        # A little trouble, so the summary shows retries: 2% of pairs see one 503 first.
-        sim.faults.append(FaultRule(kind="status", status=503, times=1, probability=0.02))
-        print(f"simulator  {sim.url} (Braze stand-in on loopback, {args.limit} requests per 2 s)")
-        return await export_async(
-            _demo_pairs(args.pairs),
-            args.out,
-            endpoint=sim.url,
-            api_key=key,
-            ending_at=datetime(anchor.year, anchor.month, anchor.day, 23, 59, 59, tzinfo=UTC),
-            run_id="demo",
-            rate_limit=args.limit,
-            window=2.0,
-            concurrency=32,
-            backoff_initial=0.05,
-            backoff_max=0.5,
-            checkpoint_interval=1.0,
-            overwrite=True,
-            handle_signals=True,
-            )
-
-
-def _print_demo_hints(out: str) -> None:
-    root = os.path.abspath(out)
-    print(f"data       {root}/send_stats/date=YYYY-MM-DD/*.parquet, {root}/send_totals/...")
-    print(
-        "read it    python -c \"import bulkexport; print(bulkexport.read_table("
-        f"'{out}').group_by('channel').aggregate([('sent', 'sum')]))\""
-    )
-    print(
-        "DuckDB     python -c \"import duckdb; duckdb.sql(\\\"SELECT date, channel, sum(sent) FROM "
-        f"read_parquet('{out}/send_stats/**/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY ALL\\\").show()\""
-    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import math
 import random
@@ -44,16 +43,13 @@ from typing import NamedTuple
 
 from aiolimiter import AsyncLimiter
 
-from .budget import WindowBudget, header, number
+from .budget import WindowBudget, retry_after_seconds
 from .errors import BrazeUnavailable
+from .outage import Outage
 
 __all__ = ["RateController", "RateStats", "Ticket", "retry_after_seconds"]
 
 log = logging.getLogger("bulkexport")
-
-_OUTAGE_PAIRS = 3  # distinct pairs failing with nothing answered well: an outage, not a pair
-_OUTAGE_SPELL = 2.0  # seconds without a good answer before the breaker opens
-_OUTAGE_BACKOFF = (1.0, 30.0)  # first and largest pause between probes while Braze is down
 
 
 class Ticket(NamedTuple):
@@ -79,19 +75,6 @@ class RateStats:
     max_in_flight: int = 0
 
 
-def retry_after_seconds(value: str | None, wall: float) -> float | None:
-    """Seconds from a ``Retry-After`` value (delta-seconds or HTTP date), if usable."""
-    if not value:
-        return None
-    seconds = number(value)
-    if seconds is None:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value.strip()).timestamp() - wall
-        except (TypeError, ValueError):
-            return None
-    return seconds if seconds >= 0 else None
-
-
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -101,10 +84,9 @@ class RateController:
     """Decides when each request may start. One per run, shared by all workers."""
 
     __slots__ = (
-        "_broken", "_bucket", "_bucket_rate", "_budget", "_burst", "_down_since", "_down_until", "_escalation",
-        "_failed", "_healthy_at", "_idle", "_in_flight", "_last_grant", "_max_outage", "_max_pause", "_outage",
-        "_pause_started", "_paused_until", "_probe", "_probe_next", "_seq", "_sick", "_task", "_waiters", "_wake",
-        "_wall", "stats",
+        "_broken", "_bucket", "_bucket_rate", "_budget", "_burst", "_escalation", "_failed", "_idle", "_in_flight",
+        "_last_grant", "_max_pause", "_outage", "_pause_started", "_paused_until", "_probe", "_probe_next", "_seq",
+        "_task", "_waiters", "_wake", "_wall", "stats",
     )  # fmt: skip
 
     def __init__(
@@ -123,7 +105,6 @@ class RateController:
         self._budget = WindowBudget(limit=limit, window=window, share=share, reserve=reserve, max_rate=max_rate)
         self._burst = burst  # bucket capacity
         self._max_pause = max_pause  # cap on any single pause (bad headers)
-        self._max_outage = max_outage  # an outage this long stops the run
         self._wall = wall  # epoch seconds, for X-RateLimit-Reset
         # -- dispatching
         self._seq = 0  # starts granted so far
@@ -143,12 +124,7 @@ class RateController:
         self._probe_next = False  # the next start is a probe
         self._probe: Ticket | None = None  # the probe in flight: nobody else starts
         self._escalation = 0  # 429s on consecutive probes
-        # -- outage
-        self._healthy_at = -math.inf  # loop time of the latest good answer (2xx, 4xx)
-        self._sick: set[Hashable] = set()  # pairs that failed since then (timeouts, 5xx)
-        self._down_since: float | None = None  # loop time of the first such failure
-        self._down_until = 0.0  # the breaker's current pause (0: closed)
-        self._outage = ""  # what the failures were, for the message
+        self._outage = Outage(max_outage)  # the breaker
         self.stats = RateStats()
 
     # -- public view ----------------------------------------------------------------------------
@@ -174,10 +150,9 @@ class RateController:
         return self._paused_until > asyncio.get_running_loop().time()
 
     def blames(self, key: Hashable, since: float) -> bool:
-        """Whether failures of ``key`` since loop time ``since`` are its own: other requests were
-        answered well meanwhile, or no other pair is failing. A pair fails for good only then;
-        during an outage it stays pending."""
-        return self._healthy_at > since or not (self._sick - {key})
+        """Whether failures of ``key`` since loop time ``since`` are its own (see
+        :class:`~bulkexport.outage.Outage`): a pair fails for good only then."""
+        return self._outage.blames(key, since)
 
     async def failure(self) -> BrazeUnavailable:
         """Returns (never raises) when the run must stop because Braze is unavailable."""
@@ -229,9 +204,18 @@ class RateController:
         if status == 429:
             self._on_429(ticket, headers or {}, probe)
         elif failed or (status is not None and (status >= 500 or status in (408, 425))):
-            self._on_sick(ticket, status, probe, loop.time())
+            now = loop.time()
+            pause = self._outage.sick(ticket.key, ticket.at, status, probe, now)
+            if pause is not None:
+                self._pause(now, pause, jitter=0.1 * pause, probe=True)
+            elif probe:
+                self._probe_next = True
+            self.stats.outages = self._outage.opened
         elif status is not None:
-            news = self._on_healthy(loop.time()) or news
+            now = loop.time()
+            if self._outage.healthy(now):
+                self._paused_until = min(self._paused_until, now)  # the breaker's pause is over
+                news = True
             self._escalation = 0 if probe else self._escalation
         elif probe:
             self._probe_next = True  # no verdict (cancelled): the next start probes again
@@ -270,19 +254,8 @@ class RateController:
         loop = asyncio.get_running_loop()
         if not probe and (ticket.at < self._pause_started or self._probe is not None):
             return  # sent before the pause began: the same episode, already handled
-        wall = self._wall()
-        retry_after = retry_after_seconds(header(headers, "Retry-After"), wall)
-        reset = number(header(headers, "X-RateLimit-Reset")) or self._budget.reset
         self._escalation += probe
-        to_reset = False
-        if retry_after is not None and not probe:
-            wait, why = retry_after, "Retry-After"
-        elif reset is not None and reset > wall:
-            wait, why, to_reset = reset - wall, "the rate-limit reset", True
-        else:  # nothing to go by: back off, doubling while probes keep failing
-            wait, why = min(1.0, self._budget.window_estimate() / 10) * 2**self._escalation, "a back-off"
-        if wait > self._max_pause:
-            wait, why = self._max_pause, f"{why}, capped"
+        wait, why, to_reset = self._budget.after_429(headers, self._wall(), probe, self._escalation, self._max_pause)
         log.warning("HTTP 429%s: pausing all requests %.1fs (%s), then one probe request",
                     " on the probe" if probe else "", wait, why)  # fmt: skip
         self._pause(loop.time(), wait, jitter=self._reset_jitter() if to_reset else min(1.0, 0.1 * wait), probe=True)
@@ -302,55 +275,20 @@ class RateController:
             self._paused_until = until
         self._probe_next = self._probe_next or probe
 
-    # -- outage ---------------------------------------------------------------------------------
-    def _on_healthy(self, now: float) -> bool:
-        self._healthy_at = now
-        self._sick.clear()
-        if self._down_since is None:
-            return False
-        if self._down_until:
-            log.warning("Braze answers again after %.0fs; resuming at full pace", now - self._down_since)
-            self._paused_until = min(self._paused_until, now)  # the breaker's pause is over
-        self._down_since, self._down_until = None, 0.0
-        return True
-
-    def _on_sick(self, ticket: Ticket, status: int | None, probe: bool, now: float) -> None:
-        if ticket.at < self._healthy_at and not probe:
-            return  # sent before the latest good answer: old news
-        if self._down_since is None:
-            self._down_since = now
-        if len(self._sick) < 64:
-            self._sick.add(ticket.key)
-        self._outage = "no answer" if status is None else f"HTTP {status}"
-        if probe and self._down_until:  # the breaker's probe failed: wait longer
-            self._down_until = min(2 * self._down_until, _OUTAGE_BACKOFF[1])
-            self._pause(now, self._down_until, jitter=0.1 * self._down_until, probe=True)
-        elif probe:
-            self._probe_next = True
-        elif not self._down_until and len(self._sick) >= _OUTAGE_PAIRS and now - self._down_since >= _OUTAGE_SPELL:
-            self.stats.outages += 1
-            self._down_until = _OUTAGE_BACKOFF[0]
-            log.warning("Braze is not answering (%s from %d pairs, nothing answered for %.0fs): pausing, then one "
-                        "probe at a time; the run stops after %gs of this", self._outage, len(self._sick),
-                        now - self._down_since, self._max_outage)  # fmt: skip
-            self._pause(now, self._down_until, jitter=0.1, probe=True)
-
     def _failure_future(self) -> asyncio.Future[BrazeUnavailable]:
         if self._failed is None:
             self._failed = asyncio.get_running_loop().create_future()
         return self._failed
 
-    def _check_outage(self, now: float) -> float | None:
-        """Seconds until the outage budget runs out (None: no outage); at 0, stop the run."""
-        if self._down_since is None:
-            return None
-        left = self._down_since + self._max_outage - now
-        if left <= 0:
+    def _outage_left(self, now: float) -> float | None:
+        """Seconds the outage may still last (None: no outage); the run's verdict after."""
+        try:
+            return self._outage.left(now)
+        except BrazeUnavailable as exc:
             failed = self._failure_future()
             if not failed.done():
-                failed.set_result(BrazeUnavailable(now - self._down_since, f"last failure: {self._outage}"))
-            raise failed.result()
-        return left
+                failed.set_result(exc)
+            raise
 
     # -- the dispatcher -------------------------------------------------------------------------
     def _poke(self) -> None:
@@ -380,7 +318,7 @@ class RateController:
                 if not self._waiters:
                     self._idle = True
                     try:
-                        await self._sleep(self._check_outage(loop.time()))
+                        await self._sleep(self._outage_left(loop.time()))
                     finally:
                         self._idle = False
                     continue
@@ -421,7 +359,7 @@ class RateController:
         held_since: float | None = None  # when a pause started holding requests back
         while True:
             now = loop.time()
-            outage_left = self._check_outage(now)
+            outage_left = self._outage_left(now)
             if self._paused_until > now or self._probe is not None:
                 held_since = now if held_since is None else held_since
                 wait = None if self._probe is not None else self._paused_until - now

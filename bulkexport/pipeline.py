@@ -33,10 +33,11 @@ import pyarrow as pa
 from ._version import __version__
 from .checkpoint import Checkpointer, Staging
 from .client import format_ending_at
-from .config import ExportConfig, retention_warning
+from .config import ExportConfig
 from .errors import AuthError, BrazeUnavailable, ConfigError, ExportInterrupted, RunStopped, StorageError
 from .fetch import FetchPool
 from .ingest import ingest
+from .inputs import retention_warning
 from .layout import RunLayout
 from .publish import ParquetPublisher, RunDocuments
 from .runlock import RunLock

@@ -13,6 +13,8 @@ or a TOML value, which would end up in shell history or version control.
 from __future__ import annotations
 
 import argparse
+import builtins
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -20,15 +22,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from .config import (
-    DEFAULT_BURST,
-    DEFAULT_CONCURRENCY,
-    DEFAULT_LENGTH,
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_OUTAGE,
-    DEFAULT_RATE_LIMIT,
-    DEFAULT_RESERVE,
-)
+from . import env
+from .config import DEFAULT_MAX_BODY_BYTES, ExportConfig
 from .errors import ConfigError
 
 __all__ = ["ENV", "OPTIONS", "Option", "add_export_options", "resolve"]
@@ -53,6 +48,17 @@ class Option:
     choices: tuple[str, ...] | None = None
 
 
+_FIELDS = {f.name: f for f in dataclasses.fields(ExportConfig)}
+_MAX_BODY_MB: int = DEFAULT_MAX_BODY_BYTES // 2**20  # the flag counts MiB, the field bytes
+
+
+def _field(dest: str, flag: str, help: str, *, type: type | None = None, **kw: Any) -> Option:
+    """An option that sets the :class:`ExportConfig` field ``dest``: its default (and so the
+    ``{default}`` in its help) is the field's, never restated here."""
+    default = _FIELDS[dest].default
+    return Option(dest, flag, type or builtins.type(default), default, help.format(default=default), **kw)
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("pairs", "--pairs", str, None,
            "pairs file: CSV with header campaign_id,send_id, JSON Lines, or Parquet; '-' reads standard input "
@@ -68,9 +74,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("api_key_file", "--api-key-file", str, None,
            "read the API key from this file (e.g. mounted by a secret manager) instead of BRAZE_API_KEY",
            metavar="PATH"),
-    Option("length", "--length", int, DEFAULT_LENGTH,
-           f"days of series per pair, 1-100 (default {DEFAULT_LENGTH}: the 14-day retention plus one day of "
-           "time-zone margin; length costs no extra requests)", metavar="DAYS"),
+    _field("length", "--length", "days of series per pair, 1-100 (default {default}: the 14-day retention plus one "
+           "day of time-zone margin; length costs no extra requests)", metavar="DAYS"),
     Option("ending_at", "--ending-at", str, None,
            "end of the series, ISO-8601 (default: now); a date alone (2026-11-27, 20261127) means its last "
            "second, 23:59:59 UTC", metavar="ISO"),
@@ -79,41 +84,36 @@ OPTIONS: tuple[Option, ...] = (
     Option("state_dir", "--state-dir", str, None,
            "local folder for run state when --out is an object store (default ~/.cache/bulkexport; "
            "env BULKEXPORT_STATE_DIR)", metavar="DIR"),
-    Option("overwrite", "--overwrite", bool, False, "delete this run's earlier output and redo it"),
+    _field("overwrite", "--overwrite", "delete this run's earlier output and redo it"),
     Option("retry_failed", "--retry-failed", bool, False, "fetch again only the pairs this run recorded as failed"),
     Option("dry_run", "--dry-run", bool, False,
            "read and check the pairs, print the plan (requests, estimated duration), send nothing"),
-    Option("rate_limit", "--rate-limit", int, DEFAULT_RATE_LIMIT,
-           f"workspace limit per hour, until Braze's headers say otherwise (default {DEFAULT_RATE_LIMIT:,})",
-           group="rate", metavar="N"),
-    Option("share", "--share", float, 1.0, "fraction of the limit to pace at, at most (default 1.0)",
-           group="rate", metavar="F"),
-    Option("reserve", "--reserve", float, DEFAULT_RESERVE,
-           f"fraction of each hour's budget never touched, left to production traffic (default {DEFAULT_RESERVE})",
-           group="rate", metavar="F"),
-    Option("max_rate", "--max-rate", float, None, "hard cap in requests per second", group="rate", metavar="R"),
-    Option("burst", "--burst", int, DEFAULT_BURST,
-           f"requests allowed at once above the pace (default {DEFAULT_BURST})", group="rate", metavar="N"),
-    Option("concurrency", "--concurrency", int, DEFAULT_CONCURRENCY,
-           f"most requests in flight (default {DEFAULT_CONCURRENCY})", group="rate", metavar="N"),
-    Option("request_timeout", "--timeout", float, 60.0, "per-request timeout in seconds (default 60)",
+    _field("rate_limit", "--rate-limit", "workspace limit per hour, until Braze's headers say otherwise "
+           "(default {default:,})", group="rate", metavar="N"),
+    _field("share", "--share", "fraction of the limit to pace at, at most (default {default})", group="rate",
+           metavar="F"),
+    _field("reserve", "--reserve", "fraction of each hour's budget never touched, left to production traffic "
+           "(default {default})", group="rate", metavar="F"),
+    _field("max_rate", "--max-rate", "hard cap in requests per second", group="rate", metavar="R", type=float),
+    _field("burst", "--burst", "requests allowed at once above the pace (default {default})", group="rate",
+           metavar="N"),
+    _field("concurrency", "--concurrency", "most requests in flight (default {default})", group="rate", metavar="N"),
+    _field("request_timeout", "--timeout", "per-request timeout in seconds (default {default:g})",
            group="requests", metavar="S"),
-    Option("max_attempts", "--max-attempts", int, 6,
-           "attempts per pair for 5xx, timeouts and bad bodies (default 6; 429s are not counted)",
-           group="requests", metavar="N"),
-    Option("max_body_mb", "--max-body-mb", int, DEFAULT_MAX_BODY_BYTES // 2**20,
-           f"largest response body read, in MiB, 1-1024 (default {DEFAULT_MAX_BODY_BYTES // 2**20}); a larger one is "
-           "retried like a 5xx, then the pair is recorded as failed", group="requests", metavar="MIB"),
-    Option("max_outage", "--max-outage", float, DEFAULT_MAX_OUTAGE,
-           f"stop the run (exit 8, resumable) when Braze gives no usable answer to any request for this many "
-           f"seconds (default {DEFAULT_MAX_OUTAGE:g}); shorter outages are ridden out with probes",
+    _field("max_attempts", "--max-attempts", "attempts per pair for 5xx, timeouts and bad bodies (default "
+           "{default}; 429s are not counted)", group="requests", metavar="N"),
+    Option("max_body_mb", "--max-body-mb", int, _MAX_BODY_MB,
+           f"largest response body read, in MiB, 1-1024 (default {_MAX_BODY_MB}); a "
+           "larger one is retried like a 5xx, then the pair is recorded as failed", group="requests", metavar="MIB"),
+    _field("max_outage", "--max-outage", "stop the run (exit 8, resumable) when Braze gives no usable answer to any "
+           "request for this many seconds (default {default:g}); shorter outages are ridden out with probes",
            group="requests", metavar="S"),
     Option("wait", "--wait", bool, False,
            "if another process is exporting this run, wait for it to end, then resume or no-op "
            "(default: exit 7 at once)"),
-    Option("checkpoint_interval", "--checkpoint-interval", float, 5.0,
-           "seconds between checkpoints (default 5): a crash costs about this much work, plus one checkpoint "
-           "write and the requests in flight", group="requests", metavar="S"),
+    _field("checkpoint_interval", "--checkpoint-interval", "seconds between checkpoints (default {default:g}): a "
+           "crash costs about this much work, plus one checkpoint write and the requests in flight",
+           group="requests", metavar="S"),
     Option("log_level", "--log-level", str, "info", "log level (default info)", group="logging",
            choices=("debug", "info", "warning", "error")),
     Option("log_format", "--log-format", str, "text", "text for people, json for log shippers (default text)",
@@ -122,10 +122,10 @@ OPTIONS: tuple[Option, ...] = (
 
 #: Environment variables and the settings they provide.
 ENV: Mapping[str, str] = {
-    "BRAZE_REST_ENDPOINT": "endpoint",
-    "BRAZE_API_KEY_FILE": "api_key_file",
-    "BULKEXPORT_LOG_LEVEL": "log_level",
-    "BULKEXPORT_LOG_FORMAT": "log_format",
+    env.ENDPOINT: "endpoint",
+    env.API_KEY_FILE: "api_key_file",
+    env.LOG_LEVEL: "log_level",
+    env.LOG_FORMAT: "log_format",
 }
 _BY_DEST = {o.dest: o for o in OPTIONS}
 
@@ -223,7 +223,7 @@ def resolve(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     Returns every option by ``dest`` plus ``api_key`` (a string, or None when no source has
     one: the library then reports the missing key with its usual message).
     """
-    env = os.environ if environ is None else environ
+    environ = os.environ if environ is None else environ
     settings: dict[str, Any] = {o.dest: o.default for o in OPTIONS}
     flags = {k: v for k, v in given.items() if k in _BY_DEST}
     for dest, value in flags.items():
@@ -232,21 +232,21 @@ def resolve(given: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     config_path = given.get("config")
     if config_path is not None and not str(config_path).strip():
         raise ConfigError("--config: the path is empty")
-    config_path = config_path or env.get("BULKEXPORT_CONFIG")
+    config_path = config_path or environ.get(env.CONFIG)
     if config_path:
         settings.update(_toml(config_path))
     for var, dest in ENV.items():
-        if env.get(var):
-            settings[dest] = _coerce(_BY_DEST[dest], env[var], f"${var}")
+        if environ.get(var):
+            settings[dest] = _coerce(_BY_DEST[dest], environ[var], f"${var}")
     settings.update(flags)
     for required in ("pairs", "out"):
         if not settings.get(required):
             raise ConfigError(f"--{required} is required (or '{required}' in the config file)")
-    key_file = given.get("api_key_file") or env.get("BRAZE_API_KEY_FILE")
+    key_file = given.get("api_key_file") or environ.get(env.API_KEY_FILE)
     if key_file:
         settings["api_key"] = _read_key(key_file)
-    elif env.get("BRAZE_API_KEY") is not None:
-        settings["api_key"] = env["BRAZE_API_KEY"]
+    elif environ.get(env.API_KEY) is not None:
+        settings["api_key"] = environ[env.API_KEY]
     elif settings.get("api_key_file"):
         settings["api_key"] = _read_key(settings["api_key_file"])
     else:

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from . import env
 from .errors import ConfigError, StorageError
 
 __all__ = [
@@ -186,7 +187,7 @@ class ObjectStoreTarget(Target):
 
     def state_dir(self, state_root: Path | None) -> Path:
         if state_root is None:
-            explicit = os.environ.get("BULKEXPORT_STATE_DIR")
+            explicit = os.environ.get(env.STATE_DIR)
             cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
             state_root = Path(explicit) if explicit else Path(cache) / "bulkexport"
         return state_root / hashlib.sha256(self.uri.encode()).hexdigest()[:16]

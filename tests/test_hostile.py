@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bulkexport.cli import main
-from bulkexport.config import check_endpoint, default_run_id, parse_ending_at, retention_warning
 from bulkexport.errors import ConfigError
+from bulkexport.inputs import check_endpoint, default_run_id, parse_ending_at, retention_warning
 from bulkexport.settings import OPTIONS, resolve
 from bulkexport.simulator import Simulator
 

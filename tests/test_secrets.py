@@ -22,7 +22,7 @@ import pytest
 
 import bulkexport
 from bulkexport.cli import main
-from bulkexport.config import ApiKey, redact_secret
+from bulkexport.inputs import ApiKey, redact_secret
 from bulkexport.simulator import FaultRule, Simulator
 from bulkexport.state import RunState
 
