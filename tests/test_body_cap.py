@@ -16,10 +16,7 @@ import pytest
 
 from bulkexport.simulator import FaultRule, Simulator
 
-from .conftest import API_KEY, pairs_for, run
-from .test_cli import RUN_ID, _export_args
-from .test_export import _check_equal
-from .test_resume import write_pairs
+from .helpers import API_KEY, RUN_ID, check_equal, export_args, pairs_for, run, write_pairs
 
 _KINDS = ("huge_body", "huge_chunked", "huge_gzip")
 
@@ -50,7 +47,7 @@ async def test_bodies_over_the_cap_are_retried_then_failed_and_the_rest_complete
     assert _failures(out) == {pair: (200, reason, 3) for pair in huge.values()}
     assert {pair: sim.stats.per_pair[pair] for pair in huge.values()} == dict.fromkeys(huge.values(), 3)
     assert summary.retries == 6
-    _check_equal(out, sim, [p for p in pairs if p not in huge.values()])
+    check_equal(out, sim, [p for p in pairs if p not in huge.values()])
 
 
 _CHILD = """
@@ -87,17 +84,17 @@ async def test_a_200_mb_body_costs_at_most_the_cap_in_memory(sim: Simulator, tmp
     extra = ("--max-body-mb", "32", "--max-attempts", "2", "--concurrency", "2")
     # The same command over well-behaved pairs only: the baseline of the process's memory.
     code, control, err = await _peak_rss(
-        _export_args(sim, write_pairs(tmp_path / "normal.csv", normal), tmp_path / "control", *extra)
+        export_args(sim, write_pairs(tmp_path / "normal.csv", normal), tmp_path / "control", *extra)
     )
     assert code == 0, err
     out = tmp_path / "out"
     code, hostile, err = await _peak_rss(
-        _export_args(sim, write_pairs(tmp_path / "all.csv", normal + huge), out, *extra)
+        export_args(sim, write_pairs(tmp_path / "all.csv", normal + huge), out, *extra)
     )
     assert code == 3, err
     assert "Traceback" not in err
     reason = "response body larger than 33,554,432 bytes (max_body_bytes); not read"
     assert _failures(out) == {pair: (200, reason, 2) for pair in huge}
-    _check_equal(out, sim, normal)
+    check_equal(out, sim, normal)
     # Two 32 MiB bodies at most in flight at once; without the cap each would cost 200 MiB+.
     assert hostile - control < 100, f"peak RSS {hostile} MiB against {control} MiB without huge bodies"

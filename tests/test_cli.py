@@ -4,11 +4,8 @@ the secrecy of the API key everywhere it could leak."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import re
-import sys
 import traceback
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -20,32 +17,22 @@ import bulkexport
 from bulkexport.cli import EXIT_CODES
 from bulkexport.simulator import FaultRule, Simulator
 
-from .conftest import API_KEY, pairs_for, run
-from .test_export import STATS_KNOWN, TOTALS_KNOWN, _check_equal
+from .helpers import (
+    API_KEY,
+    RUN_ID,
+    STATS_KNOWN,
+    TOTALS_KNOWN,
+    check_equal,
+    cli,
+    export_args,
+    flat,
+    no_traceback,
+    pairs_for,
+    run,
+)
 from .truth import STATS_KEYS, TOTALS_KEYS, expected, normalise
 
-CLI = (sys.executable, "-m", "bulkexport.cli")
 WRONG_KEY = "sk-wrong-fedcba9876543210-ALSO-SECRET"
-RUN_ID = "2026-11-27"
-
-
-async def _cli(*args: str | Path, key: str | None = API_KEY) -> tuple[int, str, str]:
-    """Run the console script; return exit code, stdout and stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRAZE_")}
-    if key is not None:
-        env["BRAZE_API_KEY"] = key
-    proc = await asyncio.create_subprocess_exec(
-        *CLI, *map(str, args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
-    try:
-        async with asyncio.timeout(60):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def _pairs_csv(path: Path, pairs: list[tuple[str, str]]) -> Path:
@@ -53,28 +40,10 @@ def _pairs_csv(path: Path, pairs: list[tuple[str, str]]) -> Path:
     return path
 
 
-def _export_args(sim: Simulator, pairs: Path, out: Path, *extra: str) -> list[str | Path]:
-    return [
-        "export", "--pairs", pairs, "--out", out, "--endpoint", sim.url,
-        "--ending-at", "2026-11-27",  # a bare date: 23:59:59Z, conftest's ENDING_AT
-        "--rate-limit", "3600000", "--reserve", "0", "--timeout", "5",
-        "--checkpoint-interval", "0.2", "--concurrency", "8", *extra,
-    ]  # fmt: skip
-
-
-def _no_traceback(stderr: str) -> None:
-    assert "Traceback" not in stderr
-    assert "internal error" not in stderr
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _mentions_exit_codes(text: str) -> None:
-    flat = _flat(text)
+    text = flat(text)
     for code, meaning in EXIT_CODES.items():
-        assert re.search(rf"\b{code}\b\W{{0,5}}{re.escape(meaning)}", flat), f"exit code {code} not explained"
+        assert re.search(rf"\b{code}\b\W{{0,5}}{re.escape(meaning)}", text), f"exit code {code} not explained"
 
 
 def _files_without_key(root: Path, *secrets: str) -> int:
@@ -92,19 +61,19 @@ def _files_without_key(root: Path, *secrets: str) -> int:
 async def test_export_writes_data_and_prints_summary(sim: Simulator, tmp_path: Path) -> None:
     pairs = pairs_for(20)
     out = tmp_path / "out"
-    code, stdout, stderr = await _cli(*_export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs), out))
+    code, stdout, stderr = await cli(*export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs), out))
     assert code == 0, stderr
     lines = stdout.splitlines()
     assert lines[0] == f"run {RUN_ID}: complete"
-    assert _flat(lines[1]) == "pairs 20 exported, 0 failed of 20 (20 read, 0 duplicates)"
-    assert _flat(lines[2]) == "requests 20 (0 retries, 0 x 429)"
+    assert flat(lines[1]) == "pairs 20 exported, 0 failed of 20 (20 read, 0 duplicates)"
+    assert flat(lines[2]) == "requests 20 (0 retries, 0 x 429)"
     manifest = out / "_bulkexport" / "runs" / RUN_ID / "manifest.json"
     assert f"manifest   {manifest}" in lines
     assert sim.stats.per_pair == dict.fromkeys(pairs, 1)
-    _check_equal(out, sim, pairs)
+    check_equal(out, sim, pairs)
     assert orjson.loads(manifest.read_bytes())["summary"]["pairs_done"] == 20
     # The same command again is a no-op that still exits 0.
-    code, stdout, _ = await _cli(*_export_args(sim, tmp_path / "p.csv", out))
+    code, stdout, _ = await cli(*export_args(sim, tmp_path / "p.csv", out))
     assert code == 0
     assert stdout.splitlines()[0] == f"run {RUN_ID}: already_complete"
     assert sim.stats.requests == 20
@@ -117,7 +86,7 @@ async def test_exit_3_when_some_pairs_fail_for_good(sim: Simulator, tmp_path: Pa
         FaultRule(kind="status", status=404, message="Not found", times=None, match=lambda c, s: (c, s) == bad)
     )
     out = tmp_path / "out"
-    code, stdout, stderr = await _cli(*_export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs), out))
+    code, stdout, stderr = await cli(*export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs), out))
     assert code == 3, stderr
     assert stdout.splitlines()[0] == f"run {RUN_ID}: partial"
     failures_file = out / "_bulkexport" / "runs" / RUN_ID / "failures.jsonl"
@@ -127,18 +96,18 @@ async def test_exit_3_when_some_pairs_fail_for_good(sim: Simulator, tmp_path: Pa
         (bad[0], bad[1], 404, "Not found", 1)
     ]
     assert sim.stats.per_pair[bad] == 1
-    _no_traceback(stderr)
-    _check_equal(out, sim, [p for p in pairs if p != bad])
+    no_traceback(stderr)
+    check_equal(out, sim, [p for p in pairs if p != bad])
 
 
 async def test_exit_4_for_a_wrong_key(sim: Simulator, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = _export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs_for(30)), out)
-    code, stdout, stderr = await _cli(*args, key=WRONG_KEY)
+    args = export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs_for(30)), out)
+    code, stdout, stderr = await cli(*args, key=WRONG_KEY)
     assert code == 4
     assert "HTTP 401: Invalid API key" in stderr
     assert "BRAZE_API_KEY" in stderr
-    _no_traceback(stderr)
+    no_traceback(stderr)
     assert 1 <= sim.stats.requests <= 8  # at most the pool, then the run stopped
     assert dict(sim.stats.by_status) == {401: sim.stats.requests}
     for text in (stdout, stderr):
@@ -149,20 +118,20 @@ async def test_exit_4_for_a_wrong_key(sim: Simulator, tmp_path: Path) -> None:
 async def test_exit_4_for_a_forbidden_key(sim: Simulator, tmp_path: Path) -> None:
     sim.forbidden = True
     out = tmp_path / "out"
-    code, _, stderr = await _cli(*_export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs_for(30)), out))
+    code, _, stderr = await cli(*export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs_for(30)), out))
     assert code == 4
     assert "HTTP 403" in stderr and "sends.data_series" in stderr
-    _no_traceback(stderr)
+    no_traceback(stderr)
     assert 1 <= sim.stats.requests <= 8
 
 
 async def test_exit_2_for_a_bad_pairs_line(sim: Simulator, tmp_path: Path) -> None:
     path = tmp_path / "p.csv"
     path.write_text("campaign_id,send_id\nc1,s1\nc2,s2\nc3,s3,extra\nc4,s4\n")
-    code, stdout, stderr = await _cli(*_export_args(sim, path, tmp_path / "out"))
+    code, stdout, stderr = await cli(*export_args(sim, path, tmp_path / "out"))
     assert code == 2
     assert f"{path}:4: expected 2 fields, got 3" in stderr
-    _no_traceback(stderr)
+    no_traceback(stderr)
     assert stdout == ""
     assert sim.stats.requests == 0
 
@@ -171,11 +140,11 @@ async def test_exit_2_for_a_bad_pairs_line(sim: Simulator, tmp_path: Path) -> No
     "key, says", [(None, "BRAZE_API_KEY"), ("", "BRAZE_API_KEY"), (f'"{API_KEY}"', "wrapped in quotes")]
 )
 async def test_exit_2_without_a_usable_api_key(sim: Simulator, tmp_path: Path, key: str | None, says: str) -> None:
-    args = _export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs_for(3)), tmp_path / "o")
-    code, stdout, stderr = await _cli(*args, key=key)
+    args = export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs_for(3)), tmp_path / "o")
+    code, stdout, stderr = await cli(*args, key=key)
     assert code == 2
     assert says in stderr
-    _no_traceback(stderr)
+    no_traceback(stderr)
     assert API_KEY not in stdout + stderr
     assert sim.stats.requests == 0
 
@@ -191,10 +160,10 @@ async def test_exit_2_without_a_usable_api_key(sim: Simulator, tmp_path: Path, k
 )
 async def test_exit_2_for_an_unsafe_endpoint(tmp_path: Path, endpoint: str, says: str) -> None:
     pairs = _pairs_csv(tmp_path / "p.csv", pairs_for(3))
-    code, stdout, stderr = await _cli("export", "--pairs", pairs, "--out", tmp_path / "o", "--endpoint", endpoint)
+    code, stdout, stderr = await cli("export", "--pairs", pairs, "--out", tmp_path / "o", "--endpoint", endpoint)
     assert code == 2
     assert says in stderr
-    _no_traceback(stderr)
+    no_traceback(stderr)
     assert stdout == ""
     assert API_KEY not in stderr
 
@@ -203,42 +172,42 @@ async def test_exit_2_for_an_unsafe_endpoint(tmp_path: Path, endpoint: str, says
 
 
 async def test_top_level_help_lists_exit_codes() -> None:
-    code, stdout, _ = await _cli("--help")
+    code, stdout, _ = await cli("--help")
     assert code == 0
     _mentions_exit_codes(stdout)
 
 
 async def test_export_help_mentions_key_and_exit_codes() -> None:
-    code, stdout, _ = await _cli("export", "--help")
+    code, stdout, _ = await cli("export", "--help")
     assert code == 0
     assert "BRAZE_API_KEY" in stdout
     _mentions_exit_codes(stdout)
 
 
 async def test_demo_help_mentions_exit_codes() -> None:
-    code, stdout, _ = await _cli("demo", "--help")
+    code, stdout, _ = await cli("demo", "--help")
     assert code == 0
     _mentions_exit_codes(stdout)
 
 
 async def test_version() -> None:
-    code, stdout, _ = await _cli("--version")
+    code, stdout, _ = await cli("--version")
     assert code == 0
     assert stdout.strip() == f"bulkexport {bulkexport.__version__}"
 
 
 async def test_no_command_is_a_usage_error() -> None:
-    code, stdout, _ = await _cli()
+    code, stdout, _ = await cli()
     assert code == 2
     assert "usage: bulkexport" in stdout
 
 
 async def test_demo_writes_readable_data(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    code, stdout, stderr = await _cli("demo", "--pairs", "200", "--out", out, key=None)
+    code, stdout, stderr = await cli("demo", "--pairs", "200", "--out", out, key=None)
     assert code == 0, stderr
     assert stdout.splitlines()[1] == "run demo: complete"
-    assert "200 exported, 0 failed of 200" in _flat(stdout)
+    assert "200 exported, 0 failed of 200" in flat(stdout)
     totals = bulkexport.read_table(out, "send_totals")
     pairs = sorted(set(zip(totals.column("campaign_id").to_pylist(), totals.column("send_id").to_pylist(),
                            strict=True)))  # fmt: skip
@@ -265,11 +234,11 @@ async def test_key_never_in_output_files_or_streams(sim: Simulator, tmp_path: Pa
         FaultRule(kind="not_success", times=None, match=lambda c, s: (c, s) == pairs[7]),
     ]
     out = tmp_path / "out"
-    args = _export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs), out, "--max-attempts", "2")
+    args = export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs), out, "--max-attempts", "2")
     results = [
-        await _cli(*args, "--log-level", "debug"),
-        await _cli(*args, "--log-level", "debug", "--log-format", "json", "--retry-failed"),
-        await _cli(*args, "--log-level", "debug", "--run-id", "wrong-key", key=WRONG_KEY),
+        await cli(*args, "--log-level", "debug"),
+        await cli(*args, "--log-level", "debug", "--log-format", "json", "--retry-failed"),
+        await cli(*args, "--log-level", "debug", "--run-id", "wrong-key", key=WRONG_KEY),
     ]
     assert [code for code, _, _ in results] == [3, 3, 4]
     for _, stdout, stderr in results:

@@ -13,30 +13,11 @@ import bulkexport
 from bulkexport.schema import (
     KNOWN_CHANNELS,
     STATS_FILE_SCHEMA,
-    STATS_FLOAT_METRICS,
-    STATS_INT_METRICS,
     TOTALS_FILE_SCHEMA,
-    TOTALS_FLOAT_METRICS,
-    TOTALS_INT_METRICS,
 )
 from bulkexport.simulator import CHANNEL_METRICS, Simulator
 
-from .conftest import ENDING_AT, pairs_for, run
-from .truth import STATS_KEYS, TOTALS_KEYS, expected, normalise
-
-STATS_KNOWN = set(STATS_INT_METRICS) | set(STATS_FLOAT_METRICS)
-TOTALS_KNOWN = set(TOTALS_INT_METRICS) | set(TOTALS_FLOAT_METRICS)
-
-
-def _check_equal(out: Path, sim: Simulator, pairs: list[tuple[str, str]], length: int = 15) -> tuple[int, int]:
-    want_stats, want_totals = expected(sim, pairs, length, ENDING_AT, STATS_KNOWN, TOTALS_KNOWN)
-    got_stats = bulkexport.read_table(out, "send_stats").to_pylist()
-    got_totals = bulkexport.read_table(out, "send_totals").to_pylist()
-    assert len(got_stats) == len(want_stats)
-    assert len(got_totals) == len(want_totals)
-    assert normalise(got_stats, STATS_KEYS) == normalise(want_stats, STATS_KEYS)
-    assert normalise(got_totals, TOTALS_KEYS) == normalise(want_totals, TOTALS_KEYS)
-    return len(want_stats), len(want_totals)
+from .helpers import check_equal, pairs_for, run
 
 
 async def test_output_equals_ground_truth_for_every_channel(sim: Simulator, tmp_path: Path) -> None:
@@ -45,7 +26,7 @@ async def test_output_equals_ground_truth_for_every_channel(sim: Simulator, tmp_
     summary = await run(sim, pairs, tmp_path)
     assert summary.status == "complete"
     assert (summary.pairs_done, summary.pairs_failed, summary.pairs_total) == (400, 0, 400)
-    n_stats, n_totals = _check_equal(tmp_path, sim, pairs)
+    n_stats, n_totals = check_equal(tmp_path, sim, pairs)
     assert (summary.stats_rows, summary.totals_rows) == (n_stats, n_totals)
     channels = set(bulkexport.read_table(tmp_path, "send_stats", columns=["channel"]).column(0).to_pylist())
     assert set(CHANNEL_METRICS) <= channels  # every documented channel was exercised
@@ -99,7 +80,7 @@ async def test_files_depend_on_partitions_not_pairs(sim: Simulator, tmp_path: Pa
 async def test_row_groups_and_file_rotation(sim: Simulator, tmp_path: Path) -> None:
     pairs = pairs_for(200)
     await run(sim, pairs, tmp_path, row_group_rows=100, file_rows=300)
-    _check_equal(tmp_path, sim, pairs)
+    check_equal(tmp_path, sim, pairs)
     for f in (tmp_path / "send_stats").rglob("*.parquet"):
         meta = pq.ParquetFile(f).metadata
         assert meta.num_rows <= 300
@@ -121,7 +102,7 @@ async def test_row_groups_and_file_rotation(sim: Simulator, tmp_path: Path) -> N
 async def test_awkward_ids_round_trip(sim: Simulator, tmp_path: Path, cid: str, sid: str) -> None:
     summary = await run(sim, [(cid, sid)], tmp_path)
     assert summary.status == "complete"
-    _check_equal(tmp_path, sim, [(cid, sid)])
+    check_equal(tmp_path, sim, [(cid, sid)])
     # Ids never become paths: only the date partitions and our own file names exist.
     for p in (tmp_path / "send_stats").rglob("*"):
         assert p.name.startswith(("date=", "part-2026-11-27-"))
@@ -132,7 +113,7 @@ async def test_duplicates_exported_once(sim: Simulator, tmp_path: Path) -> None:
     summary = await run(sim, pairs + pairs[:10] + [pairs[0]], tmp_path)
     assert (summary.pairs_read, summary.pairs_total, summary.pairs_done) == (41, 30, 30)
     assert sim.stats.requests == 30
-    _check_equal(tmp_path, sim, pairs)
+    check_equal(tmp_path, sim, pairs)
 
 
 async def test_async_iterable_and_length(sim: Simulator, tmp_path: Path) -> None:
@@ -143,7 +124,7 @@ async def test_async_iterable_and_length(sim: Simulator, tmp_path: Path) -> None
             yield {"campaign_id": p[0], "send_id": p[1]}
 
     await run(sim, gen(), tmp_path, length=3)
-    _check_equal(tmp_path, sim, pairs, length=3)
+    check_equal(tmp_path, sim, pairs, length=3)
     dates = {p.name for p in (tmp_path / "send_stats").iterdir()}
     assert dates <= {"date=2026-11-25", "date=2026-11-26", "date=2026-11-27"}
     assert all("length=3&ending_at=2026-11-27T23%3A59%3A59Z" in q for q in sim.stats.last_queries)
@@ -160,7 +141,7 @@ async def test_rerun_is_a_noop_and_overwrite_redoes(sim: Simulator, tmp_path: Pa
     redo = await run(sim, pairs, tmp_path, overwrite=True)
     assert redo.status == "complete"
     assert sim.stats.requests == 2 * requests
-    _check_equal(tmp_path, sim, pairs)  # replaced, not duplicated
+    check_equal(tmp_path, sim, pairs)  # replaced, not duplicated
 
 
 async def test_later_run_appends_and_latest_query(sim: Simulator, tmp_path: Path) -> None:

@@ -15,8 +15,7 @@ import pytest
 import bulkexport
 from bulkexport.simulator import FaultRule, Simulator
 
-from .conftest import ENDING_AT, pairs_for, run
-from .test_export import _check_equal
+from .helpers import ENDING_AT, check_equal, pairs_for, run
 
 RUN_ID = ENDING_AT.date().isoformat()  # the default run id: ending_at's date
 
@@ -69,7 +68,7 @@ async def test_5xx_twice_per_pair_recovers(sim: Simulator, tmp_path: Path, statu
     assert sim.stats.per_pair == dict.fromkeys(pairs, 3)
     assert dict(sim.stats.by_status) == {status: 24, 200: 12}
     _check_clean_manifest(tmp_path, summary, 12)
-    _check_equal(tmp_path, sim, pairs)
+    check_equal(tmp_path, sim, pairs)
 
 
 async def test_hang_longer_than_timeout_recovers(sim: Simulator, tmp_path: Path) -> None:
@@ -84,7 +83,7 @@ async def test_hang_longer_than_timeout_recovers(sim: Simulator, tmp_path: Path)
     assert summary.statuses == {200: 6}  # a timeout has no status
     assert sim.stats.per_pair == dict.fromkeys(pairs, 2)
     _check_clean_manifest(tmp_path, summary, 6)
-    _check_equal(tmp_path, sim, pairs)
+    check_equal(tmp_path, sim, pairs)
 
 
 # -- bad transfers and bad bodies: transient, then permanent ---------------------------------
@@ -120,7 +119,7 @@ async def test_bad_transfer_or_body_transient_recovers(sim: Simulator, tmp_path:
     assert summary.statuses == want
     assert sim.stats.per_pair == dict.fromkeys(pairs, 2 * per_attempt + 1)
     _check_clean_manifest(tmp_path, summary, 8)
-    _check_equal(tmp_path, sim, pairs)
+    check_equal(tmp_path, sim, pairs)
 
 
 @pytest.mark.parametrize("kind", sorted(_BAD))
@@ -159,7 +158,7 @@ async def test_bad_transfer_or_body_permanent_fails_that_pair(sim: Simulator, tm
     assert m["failures"] == failures
     assert m["summary"]["pairs_failed"] == 1
     assert summary.failures_file == str(_run_dir(tmp_path) / "failures.jsonl")
-    _check_equal(tmp_path, sim, good)
+    check_equal(tmp_path, sim, good)
 
 
 # -- statuses that retrying cannot fix -----------------------------------------------------
@@ -186,7 +185,7 @@ async def test_400_and_404_are_not_retried(sim: Simulator, tmp_path: Path, statu
         (bad[0], bad[1], status, message, 1)
     ]
     assert _manifest(tmp_path)["failures"] == failures
-    _check_equal(tmp_path, sim, good)
+    check_equal(tmp_path, sim, good)
 
 
 # -- auth: the whole run stops at once -----------------------------------------------------
@@ -209,7 +208,7 @@ async def test_401_wrong_key_stops_the_run_and_resume_completes(sim: Simulator, 
     assert (summary.pairs_done, summary.pairs_failed, summary.pairs_resumed) == (40, 0, 0)
     assert summary.requests == 40
     assert sim.stats.per_pair == dict.fromkeys(pairs, 1)
-    _check_equal(tmp_path, sim, pairs)
+    check_equal(tmp_path, sim, pairs)
 
 
 async def test_401_mid_run_keeps_what_was_finished(sim: Simulator, tmp_path: Path) -> None:
@@ -227,7 +226,7 @@ async def test_401_mid_run_keeps_what_was_finished(sim: Simulator, tmp_path: Pat
     assert summary.status == "complete"
     assert (summary.pairs_done, summary.pairs_resumed, summary.requests) == (30, 20, 10)
     assert sim.stats.per_pair == {**dict.fromkeys(pairs, 1), revoked: 2}
-    _check_equal(tmp_path, sim, pairs)
+    check_equal(tmp_path, sim, pairs)
 
 
 async def test_403_forbidden_stops_the_run(sim: Simulator, tmp_path: Path) -> None:
@@ -244,7 +243,7 @@ async def test_403_forbidden_stops_the_run(sim: Simulator, tmp_path: Path) -> No
     sim.stats.reset()
     summary = await run(sim, pairs, tmp_path, concurrency=4)
     assert (summary.status, summary.pairs_done, summary.requests) == ("complete", 40, 40)
-    _check_equal(tmp_path, sim, pairs)
+    check_equal(tmp_path, sim, pairs)
 
 
 # -- 429 --------------------------------------------------------------------------------
@@ -281,7 +280,7 @@ async def test_429_with_retry_after_pauses_the_whole_pool(sim: Simulator, tmp_pa
     assert len(burst) <= 4
     assert later, "the run resumed after the pause"
     assert min(later) >= t_last + 0.95
-    _check_equal(tmp_path, sim, pairs)
+    check_equal(tmp_path, sim, pairs)
 
 
 async def test_429s_do_not_use_up_the_attempts(sim: Simulator, tmp_path: Path) -> None:
@@ -295,7 +294,7 @@ async def test_429s_do_not_use_up_the_attempts(sim: Simulator, tmp_path: Path) -
     assert summary.requests == 8
     assert summary.statuses == {429: 3, 200: 5}
     assert sim.stats.per_pair == {**dict.fromkeys(pairs, 1), bad: 4}
-    _check_equal(tmp_path, sim, pairs)
+    check_equal(tmp_path, sim, pairs)
 
 
 async def test_clock_window_limit_lower_than_configured(sim: Simulator, tmp_path: Path) -> None:
@@ -314,4 +313,4 @@ async def test_clock_window_limit_lower_than_configured(sim: Simulator, tmp_path
     # Feedback keeps 429s rare (none in practice): the pace follows the learnt limit, not the
     # configured one, which would draw about 50 x 429 here.
     assert n429 <= 5
-    _check_equal(tmp_path, sim, pairs)
+    check_equal(tmp_path, sim, pairs)

@@ -17,9 +17,7 @@ from bulkexport.inputs import check_endpoint, default_run_id, parse_ending_at, r
 from bulkexport.settings import OPTIONS, resolve
 from bulkexport.simulator import Simulator
 
-from .conftest import API_KEY, pairs_for, run
-from .test_cli import _cli, _no_traceback
-from .test_resume import write_pairs
+from .helpers import API_KEY, cli, no_traceback, pairs_for, run, write_pairs
 
 #: Values that must each be refused, by option (``dest``); "{name}" stands for a file made
 #: by :func:`_files`. Bool flags take no value, so ``--flag=value`` is their hostile form.
@@ -121,13 +119,13 @@ def test_every_export_option_refuses_hostile_values_with_one_line_and_exit_2(
 async def test_two_hostile_values_through_the_real_console_script(tmp_path: Path) -> None:
     pairs = write_pairs(tmp_path / "pairs.csv", pairs_for(3))
     common = ["export", "--pairs", pairs, "--out", tmp_path / "out"]
-    code, out, err = await _cli(*common, "--endpoint", "http://127.0.0.1:8080", "--timeout", "inf")
+    code, out, err = await cli(*common, "--endpoint", "http://127.0.0.1:8080", "--timeout", "inf")
     line = _one_error_line(code, out, err, mentions=("--timeout",))
     assert "request_timeout (--timeout) must be a number greater than 0 and at most 3,600, got inf" in line
-    code, out, err = await _cli(*common, "--endpoint", "http://127.0.0.1:99999")
+    code, out, err = await cli(*common, "--endpoint", "http://127.0.0.1:99999")
     line = _one_error_line(code, out, err, mentions=("endpoint",))
     assert "'http://127.0.0.1:99999' is not a valid URL: its port must be a number from 1 to 65535" in line
-    _no_traceback(err)
+    no_traceback(err)
 
 
 #: Hostile TOML values by key; "{missing}" is a file that does not exist.

@@ -22,9 +22,7 @@ import pytest
 import bulkexport
 from bulkexport.simulator import FaultRule, Simulator
 
-from .conftest import API_KEY, ENDING_AT, FAST, pairs_for, run
-from .test_cli import RUN_ID, _export_args, _flat
-from .test_export import _check_equal
+from .helpers import API_KEY, ENDING_AT, FAST, RUN_ID, check_equal, export_args, flat, pairs_for, run
 
 # -- ids: control characters and whitespace -----------------------------------------------
 
@@ -82,10 +80,10 @@ async def test_whitespace_around_ids_is_trimmed_counted_and_reported(
     assert plan.lines()[2] == "pairs      3 unique of 5 read, 4 ids trimmed"
     summary = await run(sim, path, tmp_path / "out")
     assert (summary.pairs_read, summary.pairs_total, summary.pairs_duplicates, summary.ids_trimmed) == (5, 3, 2, 4)
-    assert _flat(summary.lines()[1]) == "pairs 3 exported, 0 failed of 3 (5 read, 2 duplicates, 4 ids trimmed)"
+    assert flat(summary.lines()[1]) == "pairs 3 exported, 0 failed of 3 (5 read, 2 duplicates, 4 ids trimmed)"
     want = [("c1", "s1"), ("c2", "s2"), ("c 3", "s3")]
     assert sim.stats.per_pair == dict.fromkeys(want, 1)
-    _check_equal(tmp_path / "out", sim, want)
+    check_equal(tmp_path / "out", sim, want)
     logged = [r.getMessage() for r in caplog.records if "trimmed" in r.getMessage()]
     assert logged == [f"trimmed surrounding whitespace from 4 id(s) (the first: {path}:3 campaign_id)"]
 
@@ -122,13 +120,13 @@ async def test_a_changed_input_adds_its_new_pairs_to_a_finished_run(sim: Simulat
     b = await run(sim, second, out)
     assert (b.status, b.pairs_read, b.pairs_added, b.pairs_total, b.pairs_done) == ("complete", 25, 15, 45, 45)
     assert b.requests == 15  # only the new pairs: the ten known ones are never fetched again
-    assert _flat(b.lines()[1]) == (
+    assert flat(b.lines()[1]) == (
         "pairs 45 exported, 0 failed of 45 (25 read, 0 duplicates, 15 new to the run, 30 done before this session)"
     )
     assert sim.stats.per_pair == dict.fromkeys(first + new, 1)
     assert _gens(out) == {"0", "1"}  # published next to the first files, which stay as they were
     assert {f: (out / f).read_bytes() for f in before} == before
-    _check_equal(out, sim, first + new)
+    check_equal(out, sim, first + new)
     manifest = orjson.loads((out / "_bulkexport" / "runs" / RUN_ID / "manifest.json").read_bytes())
     assert manifest["status"] == "complete" and manifest["summary"]["pairs_total"] == 45
     assert sorted(f["path"] for f in manifest["files"]) == _files(out)
@@ -155,7 +153,7 @@ async def test_an_interrupted_run_given_another_input_does_both(sim: Simulator, 
     )  # fmt: skip
     assert summary.requests == 30  # the twenty pairs left of the first input, the ten new ones
     assert sim.stats.per_pair == {**dict.fromkeys(first + new, 1), first[20]: 2}
-    _check_equal(out, sim, first + new)
+    check_equal(out, sim, first + new)
 
 
 # -- standard input, /dev/stdin and FIFOs -----------------------------------------------------
@@ -182,15 +180,15 @@ async def test_pairs_piped_to_standard_input(sim: Simulator, tmp_path: Path) -> 
     pairs = pairs_for(12)
     out = tmp_path / "out"
     code, stdout, stderr = await _cli_with_stdin(
-        _export_args(sim, "-", out, "--pairs-format", "csv"), _csv_bytes(pairs + pairs[:2])
+        export_args(sim, "-", out, "--pairs-format", "csv"), _csv_bytes(pairs + pairs[:2])
     )
     assert code == 0, stderr
-    assert _flat(stdout.splitlines()[1]) == "pairs 12 exported, 0 failed of 12 (14 read, 2 duplicates)"
+    assert flat(stdout.splitlines()[1]) == "pairs 12 exported, 0 failed of 12 (14 read, 2 duplicates)"
     assert sim.stats.per_pair == dict.fromkeys(pairs, 1)
-    _check_equal(out, sim, pairs)
+    check_equal(out, sim, pairs)
 
     # Without a format there is no name to tell it from: exit 2, one line that says what to add.
-    code, stdout, stderr = await _cli_with_stdin(_export_args(sim, "-", tmp_path / "o2"), _csv_bytes(pairs))
+    code, stdout, stderr = await _cli_with_stdin(export_args(sim, "-", tmp_path / "o2"), _csv_bytes(pairs))
     assert (code, stdout) == (2, "")
     (line,) = stderr.strip().splitlines()
     assert line.endswith(
@@ -199,7 +197,7 @@ async def test_pairs_piped_to_standard_input(sim: Simulator, tmp_path: Path) -> 
 
     # A bad line on standard input is named like one in a file.
     code, _, stderr = await _cli_with_stdin(
-        _export_args(sim, "-", tmp_path / "o3", "--pairs-format", "csv"), b"campaign_id,send_id\nc1,s1\nc2,\n"
+        export_args(sim, "-", tmp_path / "o3", "--pairs-format", "csv"), b"campaign_id,send_id\nc1,s1\nc2,\n"
     )
     assert code == 2 and stderr.strip().endswith("<stdin>:3: send_id is empty")
     assert sim.stats.requests == 12
@@ -210,14 +208,14 @@ async def test_parquet_on_standard_input_and_jsonl_on_dev_stdin(sim: Simulator, 
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table({"campaign_id": [c for c, _ in pairs], "send_id": [s for _, s in pairs]}), sink)
     code, stdout, stderr = await _cli_with_stdin(
-        _export_args(sim, "-", tmp_path / "pq", "--pairs-format", "parquet"), sink.getvalue().to_pybytes()
+        export_args(sim, "-", tmp_path / "pq", "--pairs-format", "parquet"), sink.getvalue().to_pybytes()
     )
     assert code == 0, stderr
-    _check_equal(tmp_path / "pq", sim, pairs)
+    check_equal(tmp_path / "pq", sim, pairs)
 
     lines = b"".join(orjson.dumps({"campaign_id": c, "send_id": s}) + b"\n" for c, s in pairs)
     code, stdout, stderr = await _cli_with_stdin(
-        _export_args(sim, "/dev/stdin", tmp_path / "js", "--pairs-format", "jsonl", "--run-id", "js"), lines
+        export_args(sim, "/dev/stdin", tmp_path / "js", "--pairs-format", "jsonl", "--run-id", "js"), lines
     )
     assert code == 0, stderr
     assert stdout.splitlines()[0] == "run js: complete"
@@ -241,4 +239,4 @@ async def test_pairs_from_a_fifo(sim: Simulator, tmp_path: Path, caplog: pytest.
     )
     thread.join(5)
     assert (summary.status, summary.pairs_done) == ("complete", 20)
-    _check_equal(tmp_path / "out", sim, pairs)
+    check_equal(tmp_path / "out", sim, pairs)

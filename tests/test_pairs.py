@@ -14,8 +14,7 @@ import pytest
 import bulkexport
 from bulkexport.simulator import Simulator
 
-from .conftest import pairs_for, run
-from .test_export import _check_equal
+from .helpers import check_equal, pairs_for, run
 
 # -- good files ----------------------------------------------------------------------------
 
@@ -44,7 +43,7 @@ async def test_csv_bom_extra_columns_quotes_and_blank_lines(sim: Simulator, tmp_
     assert summary.status == "complete"
     assert (summary.pairs_read, summary.pairs_total, summary.pairs_done) == (4, 4, 4)
     assert sim.stats.per_pair == dict.fromkeys(pairs, 1)
-    _check_equal(out, sim, pairs)
+    check_equal(out, sim, pairs)
 
 
 async def test_jsonl_with_blank_lines_and_extra_keys(sim: Simulator, tmp_path: Path) -> None:
@@ -56,7 +55,7 @@ async def test_jsonl_with_blank_lines_and_extra_keys(sim: Simulator, tmp_path: P
     summary = await run(sim, path, out)
     assert (summary.status, summary.pairs_read, summary.pairs_done) == ("complete", 6, 6)
     assert sim.stats.per_pair == dict.fromkeys(pairs, 1)
-    _check_equal(out, sim, pairs)
+    check_equal(out, sim, pairs)
 
 
 async def test_parquet_with_extra_columns(sim: Simulator, tmp_path: Path) -> None:
@@ -74,7 +73,7 @@ async def test_parquet_with_extra_columns(sim: Simulator, tmp_path: Path) -> Non
     summary = await run(sim, path, out)
     assert (summary.status, summary.pairs_read, summary.pairs_done) == ("complete", 9, 9)
     assert sim.stats.per_pair == dict.fromkeys(pairs, 1)
-    _check_equal(out, sim, pairs)
+    check_equal(out, sim, pairs)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
@@ -87,7 +86,7 @@ async def test_duplicates_in_a_file_are_exported_once(sim: Simulator, tmp_path: 
     assert (summary.pairs_read, summary.pairs_total, summary.pairs_done) == (18, 12, 12)
     assert sim.stats.requests == 12
     assert sim.stats.per_pair == dict.fromkeys(pairs, 1)
-    _check_equal(out, sim, pairs)
+    check_equal(out, sim, pairs)
 
 
 async def test_header_only_csv_is_an_empty_complete_run(sim: Simulator, tmp_path: Path) -> None:
@@ -109,7 +108,7 @@ async def test_pairs_format_overrides_the_extension(sim: Simulator, tmp_path: Pa
     assert "extension" in info.value.reason
     summary = await run(sim, path, tmp_path / "out", pairs_format="jsonl")
     assert (summary.status, summary.pairs_done) == ("complete", 3)
-    _check_equal(tmp_path / "out", sim, pairs)
+    check_equal(tmp_path / "out", sim, pairs)
 
 
 # -- malformed files -----------------------------------------------------------------------
@@ -283,4 +282,4 @@ async def test_error_in_last_line_of_long_file_costs_no_request(
     assert summary.status == "complete"
     assert (summary.pairs_read, summary.pairs_total, summary.pairs_done) == (6, 6, 6)
     assert sim.stats.per_pair == dict.fromkeys(fixed, 1)
-    _check_equal(out, sim, fixed)
+    check_equal(out, sim, fixed)

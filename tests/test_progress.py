@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bulkexport.simulator import Simulator
 
-from .conftest import API_KEY, pairs_for
+from .helpers import API_KEY, pairs_for
 
 
 def _read_all(fd: int, chunks: list[bytes]) -> None:

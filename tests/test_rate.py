@@ -14,7 +14,7 @@ import pytest
 
 from bulkexport.simulator import FaultRule, Simulator
 
-from .conftest import pairs_for, run
+from .helpers import pairs_for, run
 
 LIMIT, WINDOW, RESERVE = 200, 1.0, 0.1
 

@@ -19,8 +19,7 @@ import bulkexport.schema
 from bulkexport.schema import STATS_FILE_SCHEMA, TOTALS_FILE_SCHEMA
 from bulkexport.simulator import FaultRule, Simulator
 
-from .conftest import ANCHOR, ENDING_AT, pairs_for, run
-from .test_export import STATS_KNOWN, TOTALS_KNOWN
+from .helpers import ANCHOR, ENDING_AT, STATS_KNOWN, TOTALS_KNOWN, pairs_for, run
 from .truth import STATS_KEYS, TOTALS_KEYS, expected, normalise, response_rows, with_value
 
 

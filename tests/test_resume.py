@@ -8,161 +8,34 @@ simulator while the exporter runs and is killed.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import csv
-import os
 import random
 import signal
-import sqlite3
-import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 import orjson
 import pytest
 
 from bulkexport.simulator import FaultRule, Simulator
 
-from .conftest import API_KEY, pairs_for
-from .test_export import _check_equal
-
-ROOT = Path(__file__).resolve().parents[1]
-RUN_ID = "2026-11-27"  # the default run id: the date of --ending-at
-INTERVAL = 0.2  # --checkpoint-interval
-CONCURRENCY = 8
-TABLES = ("send_stats", "send_totals")
-EXIT_OK, EXIT_PARTIAL, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_STORAGE = 0, 3, 2, 5, 6
-
-Trigger = Callable[[], Awaitable[bool]]
-
-
-# -- driving the CLI -------------------------------------------------------------------------
-def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["campaign_id", "send_id"])
-        w.writerows(pairs)
-    return path
-
-
-@dataclass
-class Attempt:
-    rc: int | None = None
-    stdout: str = field(default="", repr=False)
-    stderr: str = field(default="", repr=False)
-    killed_at: float | None = None  # time.time() of the signal, when one was sent
-    started_at: float = 0.0  # time.time() at the start
-    ended_at: float = 0.0  # time.time() once it has exited
-    requests: int = 0  # simulator requests seen during this attempt
-    elapsed: float = 0.0
-
-
-@dataclass
-class Cli:
-    """Runs ``bulkexport export`` against ``sim`` with fixed arguments; one log per attempt."""
-
-    sim: Simulator
-    pairs: Path
-    out: Path
-    logs: Path
-    extra: tuple[str, ...] = ()
-    attempts: list[Attempt] = field(default_factory=list)
-
-    def argv(self, *more: str) -> list[str]:
-        return [
-            sys.executable, "-m", "bulkexport.cli", "export",
-            "--pairs", str(self.pairs),
-            "--out", str(self.out),
-            "--endpoint", self.sim.url,
-            "--ending-at", "2026-11-27T23:59:59Z",
-            "--checkpoint-interval", str(INTERVAL),
-            "--concurrency", str(CONCURRENCY),
-            *self.extra,
-            *more,
-        ]  # fmt: skip
-
-    async def start(self, *more: str) -> tuple[asyncio.subprocess.Process, Attempt, Path, Path]:
-        n = len(self.attempts)
-        self.logs.mkdir(parents=True, exist_ok=True)
-        out_log, err_log = self.logs / f"{n}.out", self.logs / f"{n}.err"
-        env = {**os.environ, "BRAZE_API_KEY": API_KEY}
-        env.pop("BRAZE_REST_ENDPOINT", None)
-        with out_log.open("wb") as o, err_log.open("wb") as e:
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv(*more), stdout=o, stderr=e, stdin=asyncio.subprocess.DEVNULL, env=env, cwd=ROOT
-            )
-        att = Attempt()
-        self.attempts.append(att)
-        return proc, att, out_log, err_log
-
-    async def run(self, *more: str, limit: float = 30.0) -> Attempt:
-        """Run to its end (no signal)."""
-        return await self.run_until(None, *more, limit=limit)
-
-    async def run_until(
-        self, trigger: Trigger | None, *more: str, sig: int = signal.SIGKILL, limit: float = 30.0
-    ) -> Attempt:
-        """Run; when ``trigger()`` (polled every ms) turns true, send ``sig``; wait for the
-        end. Fails the test if the command is still running after ``limit`` seconds."""
-        base = self.sim.stats.requests
-        started = time.monotonic()
-        proc, att, out_log, err_log = await self.start(*more)
-        att.started_at = time.time()
-        deadline = started + limit
-        try:
-            while proc.returncode is None:
-                if trigger is not None and att.killed_at is None and await trigger():
-                    att.killed_at = time.time()
-                    proc.send_signal(sig)
-                if time.monotonic() > deadline:
-                    pytest.fail(f"bulkexport did not finish within {limit}s (hang?); args {more}")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), 0.001)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        att.rc = proc.returncode
-        att.ended_at = time.time()
-        att.elapsed = time.monotonic() - started
-        att.requests = self.sim.stats.requests - base
-        att.stdout = out_log.read_text()
-        att.stderr = err_log.read_text()
-        return att
-
-
-def run_dir(out: Path) -> Path:
-    return out / "_bulkexport" / "runs" / RUN_ID
-
-
-def committed_pairs(out: Path) -> set[tuple[str, str]]:
-    """Pairs the run state records as done (read-only: the files are left as the kill
-    left them, WAL included, for the next attempt to recover)."""
-    db = run_dir(out) / "state.sqlite"
-    if not db.exists():
-        return set()
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return set(con.execute("SELECT campaign_id, send_id FROM pairs WHERE status = 1"))
-    except sqlite3.OperationalError:  # killed before the tables were created
-        return set()
-    finally:
-        con.close()
-
-
-def request_log(sim: Simulator) -> list[tuple[float, tuple[str, str]]]:
-    """(arrival time, pair) of every request the simulator has served so far."""
-    stats = sim.stats
-    assert len(stats.timestamps) == len(stats.last_queries) < 1000  # the deque keeps 1000
-    out = []
-    for t, q in zip(stats.timestamps, stats.last_queries, strict=True):
-        query = dict(parse_qsl(q))
-        out.append((t, (query["campaign_id"], query["send_id"])))
-    return out
+from .helpers import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_STORAGE,
+    INTERVAL,
+    TABLES,
+    Attempt,
+    Cli,
+    Trigger,
+    assert_no_traceback,
+    check_equal,
+    committed_pairs,
+    pairs_for,
+    request_log,
+    run_dir,
+    write_pairs,
+)
 
 
 def assert_kill_cost_bounded(sim: Simulator, att: Attempt, committed: set[tuple[str, str]]) -> int:
@@ -203,11 +76,6 @@ def assert_clean_dataset(out: Path) -> None:
     manifest = orjson.loads((run_dir(out) / "manifest.json").read_bytes())
     assert manifest["status"] == "complete"
     assert sorted(f["path"] for f in manifest["files"]) == sorted(visible)
-
-
-def assert_no_traceback(att: Attempt) -> None:
-    assert "Traceback" not in att.stderr, att.stderr
-    assert "internal error" not in att.stderr, att.stderr
 
 
 # -- 1. kill -9 at random moments, then resume ----------------------------------------------
@@ -305,7 +173,7 @@ async def test_kill9_then_resume_equals_uninterrupted(sim: Simulator, tmp_path: 
     assert final.requests == PAIRS - len(committed)  # exactly the uncommitted ones
 
     # The dataset equals an uninterrupted run, row by row: nothing missing, nothing twice.
-    _check_equal(out, sim, pairs)
+    check_equal(out, sim, pairs)
     assert_clean_dataset(out)
 
     # Every pair was asked for, and a kill cost only what was not committed yet.
@@ -363,7 +231,7 @@ async def test_kill9_plans_really_land(sim: Simulator, tmp_path: Path) -> None:
     final = await cli.run()
     assert final.rc == EXIT_OK, final.stderr
     assert final.requests == 0
-    _check_equal(out, sim, pairs)
+    check_equal(out, sim, pairs)
     assert_clean_dataset(out)
     assert sim.stats.requests <= PAIRS * 1.5
 
@@ -400,7 +268,7 @@ async def test_sigterm_stops_with_exit_5_and_resumes(sim: Simulator, tmp_path: P
     assert sim.stats.requests == PAIRS  # each pair exactly once over both runs
     assert max(sim.stats.per_pair.values()) == 1
     assert f"{len(asked_first):,} done before this session" in second.stdout
-    _check_equal(out, sim, pairs)
+    check_equal(out, sim, pairs)
     assert_clean_dataset(out)
 
 
@@ -427,7 +295,7 @@ async def test_completed_run_rerun_twice_changes_nothing(sim: Simulator, tmp_pat
         assert {p: (out / p).stat().st_mtime_ns for p in before} == stamps  # not even rewritten
     assert (run_dir(out) / "manifest.json").read_bytes() == manifest
     assert sim.stats.requests == 120
-    _check_equal(out, sim, pairs)
+    check_equal(out, sim, pairs)
 
 
 # -- 4. an output that cannot be written ----------------------------------------------------------
@@ -470,7 +338,7 @@ async def test_unwritable_dataset_folder_at_publish_is_a_storage_error(sim: Simu
     fixed = await cli.run()
     assert fixed.rc == EXIT_OK, fixed.stderr
     assert fixed.requests == 0  # committed pairs are not fetched again
-    _check_equal(out, sim, pairs)
+    check_equal(out, sim, pairs)
     assert_clean_dataset(out)
 
 
@@ -499,7 +367,7 @@ async def test_failures_file_and_retry_failed(sim: Simulator, tmp_path: Path) ->
     manifest = orjson.loads((run_dir(out) / "manifest.json").read_bytes())
     assert manifest["status"] == "partial" and manifest["failures_total"] == 1
     good = [p for p in pairs if p != bad]
-    _check_equal(out, sim, good)  # the rest is published and exact
+    check_equal(out, sim, good)  # the rest is published and exact
 
     sim.faults.clear()
     retried = await cli.run("--retry-failed")
@@ -508,7 +376,7 @@ async def test_failures_file_and_retry_failed(sim: Simulator, tmp_path: Path) ->
     assert retried.requests == 1  # only the failed pair
     assert sim.stats.per_pair[bad] == 2
     assert failures_path.read_bytes() == b""
-    _check_equal(out, sim, pairs)
+    check_equal(out, sim, pairs)
     assert_clean_dataset(out)
 
 
@@ -536,7 +404,7 @@ async def test_kill9_between_publish_and_manifest_then_rerun_writes_manifest(sim
     assert again.requests == 0
     assert manifest.exists(), f"re-run said {again.stdout.splitlines()[:1]} but the run still has no manifest.json"
     assert (run_dir(out) / "failures.jsonl").read_bytes() == b""
-    _check_equal(out, sim, pairs)
+    check_equal(out, sim, pairs)
     assert_clean_dataset(out)
 
 

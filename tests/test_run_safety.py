@@ -8,7 +8,6 @@ import asyncio
 import math
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -20,17 +19,25 @@ from bulkexport import BrazeUnavailable, ExportInterrupted
 from bulkexport.limiter import RateController
 from bulkexport.simulator import HOUR, FaultRule, HourlyBraze, Simulator, run_virtual
 
-from .conftest import ANCHOR, API_KEY, pairs_for, run, until
-from .test_export import _check_equal
-from .test_resume import EXIT_OK, Attempt, Cli, assert_no_traceback, committed_pairs, run_dir, write_pairs
-
-EXIT_RUN_IN_PROGRESS, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 7, 8, 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .helpers import (
+    ANCHOR,
+    API_KEY,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RUN_IN_PROGRESS,
+    EXIT_UNAVAILABLE,
+    Attempt,
+    Cli,
+    assert_no_traceback,
+    check_equal,
+    committed_pairs,
+    free_port,
+    pairs_for,
+    run,
+    run_dir,
+    until,
+    write_pairs,
+)
 
 
 async def finish(cli: Cli, proc: asyncio.subprocess.Process, att: Attempt, out_log: Path, err_log: Path) -> Attempt:
@@ -66,7 +73,7 @@ async def test_a_second_invocation_of_the_same_run_exits_at_once(sim: Simulator,
     att = await finish(cli, *first)
     assert att.rc == EXIT_OK, att.stderr
     assert sum(sim.stats.per_pair.values()) == len(pairs)  # no pair fetched twice
-    _check_equal(cli.out, sim, pairs)  # value for value, and no duplicate row
+    check_equal(cli.out, sim, pairs)  # value for value, and no duplicate row
 
 
 async def test_wait_waits_for_the_holder_then_finds_the_run_complete(sim: Simulator, tmp_path: Path) -> None:
@@ -81,7 +88,7 @@ async def test_wait_waits_for_the_holder_then_finds_the_run_complete(sim: Simula
     assert "waiting for it" in second.stderr and "already complete" in second.stderr
     assert second.ended_at >= att.ended_at - 0.5  # it really waited for the first
     assert sum(sim.stats.per_pair.values()) == len(pairs)
-    _check_equal(cli.out, sim, pairs)
+    check_equal(cli.out, sim, pairs)
 
 
 async def test_kill9_leaves_no_stale_lock(sim: Simulator, tmp_path: Path) -> None:
@@ -97,7 +104,7 @@ async def test_kill9_leaves_no_stale_lock(sim: Simulator, tmp_path: Path) -> Non
     assert (run_dir(cli.out).parent / "2026-11-27.lock").exists()  # the file stays; the lock does not
     again = await cli.run()
     assert again.rc == EXIT_OK, again.stderr
-    _check_equal(cli.out, sim, pairs)
+    check_equal(cli.out, sim, pairs)
 
 
 async def test_runs_with_other_run_ids_share_an_output(sim: Simulator, tmp_path: Path) -> None:
@@ -134,7 +141,7 @@ async def test_nothing_listening_stops_within_the_budget_then_resumes_exactly(tm
     async with sim:
         up = await cli.run()
     assert up.rc == EXIT_OK, up.stderr
-    _check_equal(cli.out, sim, pairs)
+    check_equal(cli.out, sim, pairs)
 
 
 async def test_an_outage_shorter_than_the_budget_is_ridden_out(tmp_path: Path) -> None:
@@ -159,7 +166,7 @@ async def test_an_outage_shorter_than_the_budget_is_ridden_out(tmp_path: Path) -
         await chaos
     assert done.is_set() and time.monotonic() - started >= outage
     assert summary.status == "complete" and summary.pairs_failed == 0, summary
-    _check_equal(tmp_path, sim, pairs)
+    check_equal(tmp_path, sim, pairs)
 
 
 async def test_5xx_for_one_pair_only_fails_that_pair(sim: Simulator, tmp_path: Path) -> None:

@@ -16,24 +16,16 @@ import pytest
 import bulkexport
 from bulkexport.simulator import Simulator
 
-from .conftest import pairs_for, run
-from .test_export import _check_equal
-from .test_resume import EXIT_OK, RUN_ID, Cli, write_pairs
+from .helpers import EXIT_OK, RUN_ID, Cli, check_equal, free_port, pairs_for, run, write_pairs
 
 BUCKET = "lake"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pafs.S3FileSystem]:
     """A moto S3 server on loopback with one bucket; credentials through the standard
     environment, as a user would set them."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -73,7 +65,7 @@ async def test_export_to_s3_and_read_back(s3: pafs.S3FileSystem, sim: Simulator,
     out = f"s3://{BUCKET}/braze"
     summary = await run(sim, pairs, out)
     assert summary.status == "complete" and summary.pairs_done == 150
-    _check_equal(out, sim, pairs)  # type: ignore[arg-type]
+    check_equal(out, sim, pairs)  # type: ignore[arg-type]
     objects = _objects(s3, f"{BUCKET}/braze")
     data = [p for p in objects if "/_bulkexport/" not in p]
     assert data and all(p.rsplit("/", 1)[1].startswith(f"part-{RUN_ID}-0-") for p in data)
@@ -119,7 +111,7 @@ async def test_kill9_and_resume_on_s3_equals_uninterrupted(
     assert second.rc == -9 and second.requests < 300  # committed pairs were not refetched
     final = await cli.run()
     assert final.rc == EXIT_OK, final.stderr
-    _check_equal(out, sim, pairs)  # type: ignore[arg-type]
+    check_equal(out, sim, pairs)  # type: ignore[arg-type]
     assert sum(a.requests for a in cli.attempts) <= 300 * 1.5
     names = [p.rsplit("/", 1)[1] for p in _objects(s3, f"{BUCKET}/killed") if "/_bulkexport/" not in p]
     assert all(n.startswith("part-") and n.endswith(".parquet") for n in names)  # no temporary objects

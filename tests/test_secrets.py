@@ -26,9 +26,7 @@ from bulkexport.inputs import ApiKey, redact_secret
 from bulkexport.simulator import FaultRule, Simulator
 from bulkexport.state import RunState
 
-from .conftest import ANCHOR, pairs_for, run
-from .test_export import _check_equal
-from .test_resume import Cli, run_dir, write_pairs
+from .helpers import ANCHOR, Cli, check_equal, pairs_for, run, run_dir, write_pairs
 
 #: A key shaped like Braze's (a UUID): random enough that 8 characters of it never occur in
 #: a file by chance (Parquet's dictionary pages hold runs such as "0123456789").
@@ -146,7 +144,7 @@ async def test_key_quoted_by_the_server_is_on_no_disk_stream_or_repr(
     assert got == _expected_failures(bad)
     manifest = orjson.loads((run_dir(out) / "manifest.json").read_bytes())
     assert manifest["failures_total"] == 5
-    _check_equal(out, sim, [p for p in pairs if p not in bad.values()])
+    check_equal(out, sim, [p for p in pairs if p not in bad.values()])
 
     # 3. The library: its summary and the exception a quoted 401 becomes.
     caplog.set_level(logging.DEBUG)

@@ -13,7 +13,7 @@ import pytest
 from bulkexport.errors import ConfigError
 from bulkexport.settings import OPTIONS, resolve
 
-from .conftest import API_KEY
+from .helpers import API_KEY
 
 
 def _toml(tmp_path: Path, text: str) -> str:

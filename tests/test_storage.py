@@ -13,14 +13,14 @@ from pathlib import Path
 import bulkexport
 from bulkexport.simulator import Simulator
 
-from .conftest import API_KEY, pairs_for
+from .helpers import API_KEY, pairs_for
 
 
 def _write_pairs(path: Path, pairs: list[tuple[str, str]]) -> None:
     path.write_text("campaign_id,send_id\n" + "".join(f"{c},{s}\n" for c, s in pairs))
 
 
-async def _cli(sim: Simulator, pairs: Path, out: Path, *extra: str, fsize: int | None = None) -> tuple[int, str]:
+async def cli(sim: Simulator, pairs: Path, out: Path, *extra: str, fsize: int | None = None) -> tuple[int, str]:
     def limit_file_size() -> None:  # runs in the child: a "disk" that fills at `fsize` bytes
         if fsize is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of a kill
@@ -53,14 +53,14 @@ async def test_disk_full_during_a_run_leaves_the_dataset_unchanged(sim: Simulato
     out = tmp_path / "out"
     first = tmp_path / "first.csv"
     _write_pairs(first, pairs_for(30, prefix="a"))
-    code, text = await _cli(sim, first, out, "--run-id", "night-1")
+    code, text = await cli(sim, first, out, "--run-id", "night-1")
     assert code == 0, text
     before = _snapshot(out)
     assert before
 
     second = tmp_path / "second.csv"
     _write_pairs(second, pairs_for(300, prefix="b"))
-    code, text = await _cli(sim, second, out, "--run-id", "night-2", fsize=150_000)
+    code, text = await cli(sim, second, out, "--run-id", "night-2", fsize=150_000)
     assert code == 6, text
     assert "Traceback" not in text
     assert "cannot write" in text and ("File too large" in text or "disk is full" in text), text
@@ -69,7 +69,7 @@ async def test_disk_full_during_a_run_leaves_the_dataset_unchanged(sim: Simulato
     assert set(bulkexport.read_table(out, "send_stats").column("run_id").to_pylist()) == {"night-1"}
 
     # With room again, the same command resumes and completes the second run.
-    code, text = await _cli(sim, second, out, "--run-id", "night-2")
+    code, text = await cli(sim, second, out, "--run-id", "night-2")
     assert code == 0, text
     runs = bulkexport.read_table(out, "send_totals").column("run_id").to_pylist()
     assert set(runs) == {"night-1", "night-2"}

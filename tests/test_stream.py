@@ -10,8 +10,7 @@ import bulkexport
 from bulkexport.schema import STATS_SCHEMA, TOTALS_SCHEMA
 from bulkexport.simulator import FaultRule, Simulator
 
-from .conftest import API_KEY, ENDING_AT, FAST, pairs_for
-from .test_export import STATS_KNOWN, TOTALS_KNOWN
+from .helpers import API_KEY, ENDING_AT, FAST, STATS_KNOWN, TOTALS_KNOWN, pairs_for
 from .truth import STATS_KEYS, TOTALS_KEYS, expected, normalise
 
 

@@ -24,8 +24,7 @@ from bulkexport.flatten import Flattener
 from bulkexport.schema import STATS_FILE_SCHEMA, TOTALS_FILE_SCHEMA
 from bulkexport.simulator import FaultRule, Simulator
 
-from .conftest import ENDING_AT, pairs_for, run
-from .test_export import STATS_KNOWN, TOTALS_KNOWN
+from .helpers import ENDING_AT, STATS_KNOWN, TOTALS_KNOWN, pairs_for, run
 from .truth import STATS_KEYS, TOTALS_KEYS, Rejected, normalise, response_rows, with_value
 
 RUN_DIR = Path("_bulkexport") / "runs" / ENDING_AT.date().isoformat()
