@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, WriterProperties
 from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.schema import Field
 
 from ._keys import (
     BASE_SCHEMAS,
@@ -154,9 +155,14 @@ class DeltaLakeTable:
                 stale += p.stale_rows
                 if not p.rows.num_rows:
                     continue
+                if added:
+                    # A metadata-only commit of its own: delta-rs's MERGE with merge_schema
+                    # loses values of the target rows it copies (seen with 1.6.6).
+                    self._dt.alter.add_columns([Field.from_arrow(f) for f in added])
+                    commits.append(self._dt.version())
                 merger = self._dt.merge(
                     _source(p.rows, p.groups), self._predicate, source_alias="s", target_alias="t",
-                    merge_schema=bool(added), streamed_exec=False, writer_properties=_WRITER,
+                    streamed_exec=False, writer_properties=_WRITER,
                     commit_properties=CommitProperties(custom_metadata={"bulkexport.rows": str(p.rows.num_rows)}),
                 )  # fmt: skip
                 (
