@@ -204,27 +204,42 @@ class IcebergLakeTable:
         return MergeResult(self.version(), tuple(commits), rows_in, written, stale)
 
     def _apply(self, txn: Transaction, p: Plan) -> None:
-        """Stage one snapshot: rewritten files out, their rewrites and the new rows in."""
+        """Stage one snapshot: rewritten files out, their rewrites and the new rows in.
+
+        The rows a rewritten file keeps are written together with the incoming rows (one
+        file per partition rather than one per rewritten file), flushed every
+        ``max_rows_per_commit`` rows so memory stays bounded.
+        """
         metadata = txn.table_metadata
         io = self._table.io
         write_uuid, counter = uuid.uuid4(), itertools.count()
         removed: list[DataFile] = []
         added: list[DataFile] = []
+        pending: list[pa.Table] = []
+
+        def flush() -> None:
+            if pending:
+                added.extend(_dataframe_to_data_files(metadata, pa.concat_tables(pending), io, write_uuid, counter))
+                pending.clear()
+
         full = ArrowScan(metadata, io, metadata.schema(), AlwaysTrue())
+        keys = [*ROW_KEYS[self.name], EXPORTED_AT]
+        key_schema = pa.schema([BASE_SCHEMAS[self.name].field(c) for c in keys])
         for task, found in self._touched:
             if not found.join(p.groups.select(list(GROUP_KEY)), keys=list(GROUP_KEY), join_type="left semi").num_rows:
                 continue  # only groups the plan leaves alone (the table's fetch is newer)
             rows = full.to_table([task])
-            keys = rows.select([*ROW_KEYS[self.name], EXPORTED_AT])
-            mask = replaced_mask(keys.cast(pa.schema([BASE_SCHEMAS[self.name].field(c) for c in keys.column_names])),
-                                 self.name, p)  # fmt: skip
+            mask = replaced_mask(rows.select(keys).cast(key_schema), self.name, p)
             if not pc.any(mask).as_py():
                 continue
             removed.append(task.file)
             kept = rows.filter(pc.invert(mask))
             if kept.num_rows:
-                added += _dataframe_to_data_files(metadata, kept, io, write_uuid, counter)
-        added += _dataframe_to_data_files(metadata, p.rows, io, write_uuid, counter)
+                pending.append(kept.select(p.rows.column_names).cast(p.rows.schema))
+                if sum(t.num_rows for t in pending) >= self._max_rows:
+                    flush()
+        pending.append(p.rows)
+        flush()
         self._touched = []
         producer: Any = txn.update_snapshot().overwrite() if removed else txn.update_snapshot().fast_append()
         with producer as snapshot:
