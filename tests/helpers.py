@@ -304,3 +304,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+#: The bucket the ``s3`` fixture creates on its moto server.
+BUCKET = "lake"

@@ -1,57 +1,17 @@
 """Object storage: the same guarantees on S3, against a real S3 API server on loopback
-(moto's standalone server, started and stopped here), not a mock of any client."""
+(moto's standalone server, started and stopped by the s3 fixture in conftest), not a mock
+of any client."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
-import pytest
 
 import bulkexport
 from bulkexport.simulator import Simulator
 
-from .helpers import EXIT_OK, RUN_ID, Cli, check_equal, free_port, pairs_for, run, write_pairs
-
-BUCKET = "lake"
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pafs.S3FileSystem]:
-    """A moto S3 server on loopback with one bucket; credentials through the standard
-    environment, as a user would set them."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.05)
-        endpoint = f"http://127.0.0.1:{port}"
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint, "BULKEXPORT_STATE_DIR": str(tmp_path / "state"),
-        }.items():  # fmt: skip
-            monkeypatch.setenv(name, value)
-        fs = pafs.S3FileSystem(endpoint_override=endpoint, region="us-east-1", allow_bucket_creation=True)
-        fs.create_dir(BUCKET)
-        yield fs
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+from .helpers import BUCKET, EXIT_OK, RUN_ID, Cli, check_equal, pairs_for, run, write_pairs
 
 
 def _objects(fs: pafs.S3FileSystem, prefix: str) -> dict[str, int]:
