@@ -275,3 +275,39 @@ def test_bad_options_are_config_errors(tmp_path: Path) -> None:
         open_lake_table("delta", "ftp://host/x", "send_stats")
     with pytest.raises(ConfigError, match="Iceberg setting"):
         open_lake_table("delta", tmp_path, "send_stats", catalog_uri="sqlite:///x.db")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("a_is_newer", [False, True], ids=["older-loses", "newer-wins"])
+def test_a_writer_that_commits_between_plan_and_commit_is_not_overwritten_or_duplicated(
+    fmt: str, a_is_newer: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two runs merging the same (pair, date)s at once (overlapping schedules): run A plans
+    its chunk, run B commits, then A commits. A commit made on a plan of an older version
+    would insert B's groups a second time (pyiceberg's own retry re-applies an append on
+    top of B's) or drop B's newer rows; A must plan again and end with the newest fetch."""
+    pairs = PAIRS[:60]
+    a = fetch(pairs, later(2 if a_is_newer else 0), "a")
+    b = fetch(pairs, later(1), "b")
+    table_a = open_lake_table(fmt, tmp_path, "send_stats")  # type: ignore[arg-type]
+    table_b = open_lake_table(fmt, tmp_path, "send_stats")  # type: ignore[arg-type]
+    module = sys.modules[type(table_a).__module__]
+    real_plan = module.plan
+    calls = 0
+
+    def plan_then_let_b_commit(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        p = real_plan(*args, **kwargs)
+        if calls == 1:  # A's first plan is made: B gets in before A commits
+            monkeypatch.setattr(module, "plan", real_plan)
+            table_b.merge(b.batches("send_stats"))
+            monkeypatch.setattr(module, "plan", plan_then_let_b_commit)
+        return p
+
+    monkeypatch.setattr(module, "plan", plan_then_let_b_commit)
+    result = table_a.merge(a.batches("send_stats"))
+    assert calls == 2  # planned again after the conflict
+    assert "another writer committed first; planning the chunk again" in caplog.text
+    assert_table(table_a, latest("send_stats", (a, pairs), (b, pairs)))
+    assert result.rows_stale == (0 if a_is_newer else len(a.want("send_stats")))

@@ -9,21 +9,29 @@ does for the Parquet output, because not every client honours those variables.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
+import pyarrow.fs as pafs
+
 from ..errors import ConfigError, StorageError
-from ..storage import ObjectStoreTarget, open_target
+from ..layout import STATE_DIR
+from ..schema import DATE, TABLES
+from ..storage import ObjectStoreTarget, Target, open_target, storage_errors
 
-__all__ = ["Location", "locate", "s3_endpoint", "translate_errors"]
+__all__ = ["Location", "check_output", "locate", "retry_conflicts", "s3_endpoint", "translate_errors"]
 
-#: The exporter's state folder under a local output (skipped by every Hive-style reader).
-STATE_DIR = "_bulkexport"
-
+T = TypeVar("T")
+log = logging.getLogger("bulkexport")
 
 @dataclass(frozen=True, slots=True)
 class Location:
@@ -70,6 +78,31 @@ def s3_region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
+#: A commit another writer got in first is planned again from the table as it now is (the
+#: plan read the table), at most this many times, with growing random waits.
+CONFLICT_RETRIES = 8
+
+
+def retry_conflicts(step: Callable[[], T], conflict: type[Exception], refresh: Callable[[], None], table: str) -> T:
+    """Run ``step`` (plan and commit one chunk) until it commits without a conflict.
+
+    Two runs of different run ids merging into one table at once (overlapping schedules)
+    must both end correct: each plan is made against one version and only commits on top
+    of it, so the loser re-reads the table and plans again rather than failing the run.
+    """
+    for attempt in itertools.count(1):
+        try:
+            return step()
+        except conflict:
+            if attempt > CONFLICT_RETRIES:
+                raise
+            log.warning("%s: another writer committed first; planning the chunk again (%d/%d)", table, attempt,
+                        CONFLICT_RETRIES)  # fmt: skip
+            time.sleep(random.uniform(0.0, min(5.0, 0.05 * 2**attempt)))
+            refresh()
+    raise AssertionError("unreachable")
+
+
 @contextmanager
 def translate_errors(what: str, *kinds: type[BaseException]) -> Iterator[None]:
     """Turn the storage and commit failures of a table library into :class:`StorageError`:
@@ -80,3 +113,27 @@ def translate_errors(what: str, *kinds: type[BaseException]) -> Iterator[None]:
         raise StorageError(f"cannot {what}: {exc.strerror or exc}") from exc
     except kinds as exc:
         raise StorageError(f"cannot {what}: {exc}") from exc
+
+
+#: What marks a table folder as each format's.
+_MARKERS = {"delta": "_delta_log", "iceberg": "metadata"}
+
+
+def check_output(target: Target, fmt: str) -> None:
+    """Refuse an output whose table folders hold another format: Parquet files appended
+    next to a Delta table would be read by Hive-style readers as duplicates, and a Delta
+    log over loose Parquet would hide them."""
+    for table in TABLES:
+        with storage_errors(f"read {target.url(table)}"):
+            if target.filesystem.get_file_info(target.path(table)).type != pafs.FileType.Directory:
+                continue  # nothing there yet (or something a write will report, in its place)
+            selector = pafs.FileSelector(target.path(table), recursive=False)
+            names = {info.base_name for info in target.filesystem.get_file_info(selector)}
+        found = sorted(name for name, marker in _MARKERS.items() if marker in names and name != fmt)
+        if found:
+            raise ConfigError(f"{target.url(table)} is a {found[0]} table; pass --table-format {found[0]}, "
+                              "or write this format to another folder")  # fmt: skip
+        table_folder = any(marker in names for marker in _MARKERS.values())
+        if fmt != "parquet" and not table_folder and any(n.startswith(f"{DATE}=") for n in names):
+            raise ConfigError(f"{target.url(table)} holds Parquet files of earlier runs; a {fmt} table needs a folder "
+                              "of its own (another --out)")  # fmt: skip

@@ -25,13 +25,14 @@ the files it reads to the chunk's dates.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, WriterProperties
-from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.schema import Field
 
 from ._keys import (
@@ -41,13 +42,14 @@ from ._keys import (
     ROW_KEYS,
     Batches,
     MergeResult,
+    Plan,
     chunks,
     conform,
     iter_batches,
     match_groups,
     plan,
 )
-from ._store import Location, s3_endpoint, s3_region, translate_errors
+from ._store import Location, retry_conflicts, s3_endpoint, s3_region, translate_errors
 
 __all__ = ["DeltaLakeTable", "merge_predicate"]
 
@@ -99,13 +101,20 @@ class DeltaLakeTable:
     format = "delta"
 
     def __init__(
-        self, location: Location, name: str, *, storage_options: Mapping[str, str] | None, max_rows_per_commit: int
+        self,
+        location: Location,
+        name: str,
+        *,
+        storage_options: Mapping[str, str] | None,
+        max_rows_per_commit: int,
+        commit_tag: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name  # send_stats or send_totals
         self.uri = location.table(name)  # table root
         self._options = _options(location, storage_options)  # delta-rs object-store options
         self._max_rows = max_rows_per_commit  # rows per MERGE commit
         self._predicate = merge_predicate(name)
+        self._tag = dict(commit_tag or {})  # written into every commit this object makes
         with translate_errors(f"open the Delta table {self.uri}", DeltaError):
             try:
                 self._dt = DeltaTable(self.uri, storage_options=self._options)
@@ -119,6 +128,20 @@ class DeltaLakeTable:
 
     def version(self) -> int:
         return int(self._dt.version())
+
+    def _commit(self, rows: int | None = None) -> CommitProperties:
+        extra = {} if rows is None else {"bulkexport.rows": str(rows)}
+        return CommitProperties(custom_metadata={**self._tag, **extra})
+
+    def commits(self, key: str, value: str, after: int | None = None) -> list[int]:
+        """Versions whose commit carries ``key = value`` (see ``commit_tag``), oldest first;
+        only those after version ``after`` are read (the log of a long-lived table is long)."""
+        with translate_errors(f"read the history of the Delta table {self.uri}", DeltaError):
+            self._dt.update_incremental()
+            limit = None if after is None else max(self.version() - after, 0)
+            if limit == 0:
+                return []
+            return sorted(int(h["version"]) for h in self._dt.history(limit) if h.get(key) == value)
 
     def to_arrow(self) -> pa.Table:
         with translate_errors(f"read the Delta table {self.uri}", DeltaError):
@@ -150,30 +173,36 @@ class DeltaLakeTable:
             self._dt.update_incremental()
             for raw in chunks(iter_batches(batches), self._max_rows):
                 rows_in += raw.num_rows
-                chunk, added = conform(raw, self.name, self._schema())
-                p = plan(chunk, self.name, self._scan)
+                p = retry_conflicts(functools.partial(self._merge_chunk, raw, commits), CommitFailedError,
+                                    self._dt.update_incremental, self.uri)  # fmt: skip
                 stale += p.stale_rows
-                if not p.rows.num_rows:
-                    continue
-                if added:
-                    # A metadata-only commit of its own: delta-rs's MERGE with merge_schema
-                    # loses values of the target rows it copies (seen with 1.6.6).
-                    self._dt.alter.add_columns([Field.from_arrow(f) for f in added])
-                    commits.append(self._dt.version())
-                merger = self._dt.merge(
-                    _source(p.rows, p.groups), self._predicate, source_alias="s", target_alias="t",
-                    streamed_exec=False, writer_properties=_WRITER,
-                    commit_properties=CommitProperties(custom_metadata={"bulkexport.rows": str(p.rows.num_rows)}),
-                )  # fmt: skip
-                (
-                    merger.when_matched_delete(f"s.{_OP} = 'g'")
-                    .when_matched_update_all(f"s.{_OP} = 'i'", except_cols=[_OP])
-                    .when_not_matched_insert_all(f"s.{_OP} = 'i'", except_cols=[_OP])
-                    .execute()
-                )
                 written += p.rows.num_rows
-                commits.append(self._dt.version())
         return MergeResult(self._dt.version(), tuple(commits), rows_in, written, stale)
+
+    def _merge_chunk(self, raw: pa.Table, commits: list[int]) -> Plan:
+        """Plan one chunk against the table as it is, and commit it (nothing if it changes
+        nothing); delta-rs refuses the commit if another writer changed what the plan read."""
+        chunk, added = conform(raw, self.name, self._schema())
+        p = plan(chunk, self.name, self._scan)
+        if not p.rows.num_rows:
+            return p
+        if added:
+            # A metadata-only commit of its own: delta-rs's MERGE with merge_schema
+            # loses values of the target rows it copies (seen with 1.6.6).
+            self._dt.alter.add_columns([Field.from_arrow(f) for f in added], commit_properties=self._commit())
+            commits.append(self._dt.version())
+        merger = self._dt.merge(
+            _source(p.rows, p.groups), self._predicate, source_alias="s", target_alias="t",
+            streamed_exec=False, writer_properties=_WRITER, commit_properties=self._commit(rows=p.rows.num_rows),
+        )  # fmt: skip
+        (
+            merger.when_matched_delete(f"s.{_OP} = 'g'")
+            .when_matched_update_all(f"s.{_OP} = 'i'", except_cols=[_OP])
+            .when_not_matched_insert_all(f"s.{_OP} = 'i'", except_cols=[_OP])
+            .execute()
+        )
+        commits.append(self._dt.version())
+        return p
 
     def optimize(self) -> None:
         """Bin-pack small files (one commit, ``dataChange=false``: readers and time travel
@@ -183,8 +212,8 @@ class DeltaLakeTable:
         keeps its files. Finally a checkpoint, so readers need not replay the log."""
         with translate_errors(f"optimize the Delta table {self.uri}", DeltaError):
             self._dt.update_incremental()
-            self._dt.optimize.compact(writer_properties=_WRITER)
-            self._dt.vacuum(dry_run=False, enforce_retention_duration=True)
+            self._dt.optimize.compact(writer_properties=_WRITER, commit_properties=self._commit())
+            self._dt.vacuum(dry_run=False, enforce_retention_duration=True, commit_properties=self._commit())
             self._dt.create_checkpoint()
 
 

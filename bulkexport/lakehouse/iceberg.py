@@ -24,6 +24,7 @@ Iceberg's orphan-file maintenance removes) and never read.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import uuid
 from collections.abc import Iterator, Mapping
@@ -55,7 +56,7 @@ from ._keys import (
     plan,
     replaced_mask,
 )
-from ._store import Location, s3_endpoint, s3_region, translate_errors
+from ._store import Location, retry_conflicts, s3_endpoint, s3_region, translate_errors
 
 __all__ = ["CATALOG_FILE", "NAMESPACE", "IcebergLakeTable", "open_catalog"]
 
@@ -65,6 +66,8 @@ CATALOG_FILE: Final = "iceberg_catalog.db"
 #: Data files smaller than this are compacted by :meth:`IcebergLakeTable.optimize`.
 SMALL_FILE_BYTES: Final = 32 * 1024 * 1024
 _ERRORS: Final = (CommitFailedException,)
+#: Table properties bulkexport relies on: no blind commit retries (see ``_merge_chunk``).
+_PROPERTIES: Final = {"commit.retry.num-retries": "0"}
 
 
 def _file_io_properties(location: Location, given: Mapping[str, str] | None) -> dict[str, str]:
@@ -113,10 +116,12 @@ class IcebergLakeTable:
         catalog_properties: Mapping[str, str] | None,
         storage_options: Mapping[str, str] | None,
         max_rows_per_commit: int,
+        commit_tag: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name  # send_stats or send_totals
         self.uri = location.table(name)  # table root (its data/ and metadata/ folders)
         self._max_rows = max_rows_per_commit  # rows per commit
+        self._tag = dict(commit_tag or {})  # snapshot summary properties of every commit
         self._touched: list[tuple[FileScanTask, pa.Table]] = []  # files of the chunk's groups, while planning
         with translate_errors(f"open the Iceberg table bulkexport.{name}", *_ERRORS):
             self._catalog = open_catalog(
@@ -131,15 +136,22 @@ class IcebergLakeTable:
     def _open_or_create(self) -> Table:
         ident = (NAMESPACE, self.name)
         try:
-            return self._catalog.load_table(ident)
+            table = self._catalog.load_table(ident)
         except NoSuchTableError:
-            pass
-        txn = self._catalog.create_table_transaction(ident, schema=BASE_SCHEMAS[self.name], location=self.uri)
-        with txn.update_spec() as spec:
-            spec.add_identity("date")
-        with suppress(TableAlreadyExistsError):  # another process created it first: use theirs
-            txn.commit_transaction()
-        return self._catalog.load_table(ident)
+            txn = self._catalog.create_table_transaction(
+                ident, schema=BASE_SCHEMAS[self.name], location=self.uri, properties=_PROPERTIES
+            )
+            with txn.update_spec() as spec:
+                spec.add_identity("date")
+            with suppress(TableAlreadyExistsError):  # another process created it first: use theirs
+                txn.commit_transaction()
+            table = self._catalog.load_table(ident)
+        if any(table.metadata.properties.get(k) != v for k, v in _PROPERTIES.items()):
+            # A table created elsewhere (or by an older bulkexport): one metadata commit.
+            with suppress(CommitFailedException):  # another writer set them first
+                table.transaction().set_properties(_PROPERTIES).commit_transaction()
+            table = table.refresh()
+        return table
 
     @property
     def table(self) -> Table:
@@ -149,6 +161,15 @@ class IcebergLakeTable:
     def version(self) -> int | None:
         snapshot = self._table.current_snapshot()
         return None if snapshot is None else int(snapshot.snapshot_id)
+
+    def commits(self, key: str, value: str, after: int | None = None) -> list[int]:
+        """Snapshot ids whose summary carries ``key = value`` (see ``commit_tag``), oldest
+        first (``after`` is for Delta's sake: snapshot ids are not ordered, and the snapshot
+        list is in the table metadata already)."""
+        with translate_errors(f"read the snapshots of the Iceberg table {NAMESPACE}.{self.name}", *_ERRORS):
+            self._table = self._table.refresh()
+            snapshots = sorted(self._table.snapshots(), key=lambda s: s.sequence_number or 0)
+            return [int(s.snapshot_id) for s in snapshots if s.summary is not None and s.summary.get(key) == value]
 
     def to_arrow(self) -> pa.Table:
         with translate_errors(f"read the Iceberg table {NAMESPACE}.{self.name}", *_ERRORS):
@@ -188,20 +209,35 @@ class IcebergLakeTable:
             self._table = self._table.refresh()
             for raw in chunks(iter_batches(batches), self._max_rows):
                 rows_in += raw.num_rows
-                txn = self._table.transaction()
-                chunk, added = conform(raw, self.name, self._arrow_schema(txn))
-                if added:
-                    with txn.update_schema() as update:
-                        update.union_by_name(pa.schema(added))
-                p = plan(chunk, self.name, lambda groups, txn=txn: self._scan(txn, groups))  # type: ignore[misc]
+                p = retry_conflicts(functools.partial(self._merge_chunk, raw, commits), CommitFailedException,
+                                    self._refresh, f"{NAMESPACE}.{self.name}")  # fmt: skip
                 stale += p.stale_rows
-                if not p.rows.num_rows:
-                    continue
-                self._apply(txn, p)
-                self._table = txn.commit_transaction()
                 written += p.rows.num_rows
-                commits.append(int(self._table.current_snapshot().snapshot_id))  # type: ignore[union-attr]
         return MergeResult(self.version(), tuple(commits), rows_in, written, stale)
+
+    def _refresh(self) -> None:
+        self._table = self._table.refresh()
+
+    def _merge_chunk(self, raw: pa.Table, commits: list[int]) -> Plan:
+        """Plan one chunk against the table as it is, and commit it in one transaction.
+
+        The table is created with pyiceberg's own commit retries off: a retry re-applies
+        the same snapshot on top of another writer's (an append stays an append), so two
+        runs merging the same groups at once would both insert them. A refused commit
+        comes back here instead, and the chunk is planned again against the new snapshot.
+        """
+        txn = self._table.transaction()
+        chunk, added = conform(raw, self.name, self._arrow_schema(txn))
+        if added:
+            with txn.update_schema() as update:
+                update.union_by_name(pa.schema(added))
+        p = plan(chunk, self.name, lambda groups: self._scan(txn, groups))
+        if not p.rows.num_rows:
+            return p
+        self._apply(txn, p)
+        self._table = txn.commit_transaction()
+        commits.append(int(self._table.current_snapshot().snapshot_id))  # type: ignore[union-attr]
+        return p
 
     def _apply(self, txn: Transaction, p: Plan) -> None:
         """Stage one snapshot: rewritten files out, their rewrites and the new rows in.
@@ -241,7 +277,8 @@ class IcebergLakeTable:
         pending.append(p.rows)
         flush()
         self._touched = []
-        producer: Any = txn.update_snapshot().overwrite() if removed else txn.update_snapshot().fast_append()
+        update = txn.update_snapshot(snapshot_properties=self._tag)
+        producer: Any = update.overwrite() if removed else update.fast_append()
         with producer as snapshot:
             for data_file in removed:
                 snapshot.delete_data_file(data_file)
@@ -273,7 +310,7 @@ class IcebergLakeTable:
             metadata, io = txn.table_metadata, self._table.io
             full = ArrowScan(metadata, io, metadata.schema(), AlwaysTrue())
             write_uuid, counter = uuid.uuid4(), itertools.count()
-            with txn.update_snapshot().overwrite() as snapshot:
+            with txn.update_snapshot(snapshot_properties=self._tag).overwrite() as snapshot:
                 for group in bins:
                     rows = full.to_table(group)
                     for data_file in _dataframe_to_data_files(metadata, rows, io, write_uuid, counter):
