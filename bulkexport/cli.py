@@ -202,7 +202,8 @@ def _finish(summary: ExportSummary) -> int:
 
 _LIBRARY_OPTIONS = (
     "length", "rate_limit", "share", "reserve", "max_rate", "burst", "concurrency", "request_timeout",
-    "max_attempts", "checkpoint_interval", "overwrite", "state_dir", "max_outage",
+    "max_attempts", "checkpoint_interval", "overwrite", "state_dir", "max_outage", "table_format", "catalog_uri",
+    "catalog_type", "rows_per_commit",
 )  # fmt: skip
 _MAX_BODY_MB = 1024
 

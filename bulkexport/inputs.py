@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import UTC, date, datetime, time, timedelta
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -54,6 +54,27 @@ def redact_secret(text: str, secret: str) -> str:
         return text
     pattern = rf"(?<![{_KEY_CHARS}]){re.escape(secret)}(?![{_KEY_CHARS}])"
     return re.sub(pattern, "***", text)
+
+
+_SECRET_PARAM = re.compile(r"(?i)([?&;][^=&;#]*(?:pass|secret|token|key|credential|signature)[^=&;#]*=)[^&;#]*")
+
+
+def redact_userinfo(uri: str) -> str:
+    """``uri`` without the secrets it may carry, for manifests and logs: the password of
+    its user info and the values of query parameters named like a secret. A catalog URI
+    (``postgresql://user:pw@host/db``) is the one setting a user may write a password into."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = netloc.rpartition("@")[0].partition(":")[0]
+        netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
+    query = _SECRET_PARAM.sub(r"\1***", "?" + parts.query)[1:] if parts.query else ""
+    if netloc == parts.netloc and query == parts.query:
+        return uri  # nothing to hide (and urlunsplit would drop the empty host of sqlite:////x)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class ApiKey:

@@ -38,6 +38,7 @@ from .errors import AuthError, BrazeUnavailable, ConfigError, ExportInterrupted,
 from .fetch import FetchPool
 from .ingest import ingest
 from .inputs import retention_warning
+from .lakehouse._store import check_output
 from .layout import RunLayout
 from .publish import ParquetPublisher, RunDocuments
 from .runlock import RunLock
@@ -80,10 +81,19 @@ class Exporter:
         self._documents = RunDocuments(target, layout)
         self._publisher = ParquetPublisher(target, layout, self._staging, row_group_rows=cfg.row_group_rows,
                                            file_rows=cfg.file_rows)  # fmt: skip
+        self._lake: LakePublisher | None = None  # --table-format delta|iceberg
+        if cfg.table_format != "parquet":
+            if batch_sink is not None:
+                raise ConfigError("batches streamed to the caller have no table format; leave table_format unset")
+            from .lakehouse.publisher import LakePublisher  # the table libraries load only when used
+
+            state_root = Path(cfg.state_dir) if cfg.state_dir else None
+            self._lake = LakePublisher(cfg, self.out, target.state_dir(state_root), self._staging)
         self.summary = ExportSummary(run_id=cfg.run_id, out=self.out)
         self._stop = asyncio.Event()
         self._state: RunState | None = None
         self._unknown: set[str] = set()  # unknown fields and channels this session saw
+        self._tables_doc: list[dict[str, Any]] = []  # lakehouse tables, for the manifest
         self._started = time.monotonic()
 
     def request_stop(self) -> None:
@@ -122,6 +132,10 @@ class Exporter:
                         self.out)  # fmt: skip
             return s
         state, cfg = self._open()
+        if self._lake is not None:
+            await self._lake.open(self._target, state)
+        else:
+            await asyncio.to_thread(check_output, self._target, "parquet")
         await ingest(state, source, self._pairs_format, s)
         if self._retry_failed:
             n = state.reset_failed()
@@ -134,7 +148,10 @@ class Exporter:
             self._fill_counts(state)
             if not self._layout.document("manifest.json").exists():
                 s.status = "partial" if s.pairs_failed else "complete"  # a kill before the manifest
+                await self._describe_tables(state)
                 self._write_documents(state, cfg)
+            elif self._lake is not None:
+                self.summary.tables = self._lake.versions()
             s.status = "already_complete"
             log.info("run %s is already complete; nothing to do (use --overwrite to redo it)", cfg.run_id)
             return s
@@ -144,14 +161,15 @@ class Exporter:
         if pending:
             await self._fetch(state, cfg, pending)
         gen, staged = await self._publish(state)
+        await self._describe_tables(state)
         self._fill_counts(state)
         s.status = "partial" if s.pairs_failed else "complete"
         self._write_documents(state, cfg)
         state.mark_published(gen)  # the last step: after it, the run is complete
         state.put("phase", "published")
         self._staging.remove(staged)
-        log.info("run %s %s: %d exported, %d failed, %d files", cfg.run_id, s.status, s.pairs_done, s.pairs_failed,
-                 s.files)  # fmt: skip
+        log.info("run %s %s: %d exported, %d failed, %s", cfg.run_id, s.status, s.pairs_done, s.pairs_failed,
+                 f"{s.files} files" if not s.tables else f"tables at {s.tables}")  # fmt: skip
         return s
 
     def _open(self) -> tuple[RunState, ExportConfig]:
@@ -216,7 +234,9 @@ class Exporter:
         gen = int(state.get("published_gen") if state.get("published_gen") is not None else -1) + 1
         state.put("phase", "publishing")
         files: list[tuple[str, str, str, int, int]] = []
-        if staged:
+        if staged and self._lake is not None:
+            await self._lake.publish(state, gen)
+        elif staged:
             parts = state.unpublished_parts()
             await asyncio.to_thread(self._publisher.publish, parts, gen, lambda *f: files.append(f))
         for f in files:
@@ -224,6 +244,12 @@ class Exporter:
         if files:
             log.info("published %d file(s) for run %s", len(files), self.cfg.run_id)
         return gen, staged
+
+    async def _describe_tables(self, state: RunState) -> None:
+        """Lakehouse formats: the tables' versions and this run's commits, for the manifest."""
+        if self._lake is not None:
+            self._tables_doc = await self._lake.describe(state)
+            self.summary.tables = {d["table"]: d["version"] for d in self._tables_doc}
 
     def _stopped(self, exc: RunStopped) -> None:
         """The run stops early: count what is committed, say so in the run's manifest (its
@@ -275,6 +301,7 @@ class Exporter:
             "status": s.status, "finished": s.status in FINISHED,
             "written_at": datetime.now(UTC).isoformat(timespec="seconds"), "parameters": cfg.describe(),
             "summary": s.to_dict(),
+            "table_format": cfg.table_format, "tables": self._tables_doc,
             "files": [{"path": p, "table": t, "date": d, "rows": r, "bytes": b} for p, t, d, r, b in state.published()],
             "failures": first, "failures_total": s.pairs_failed,
         })  # fmt: skip

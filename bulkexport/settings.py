@@ -23,7 +23,7 @@ from datetime import date, datetime
 from typing import Any
 
 from . import env
-from .config import DEFAULT_MAX_BODY_BYTES, ExportConfig
+from .config import DEFAULT_MAX_BODY_BYTES, TABLE_FORMATS, ExportConfig
 from .errors import ConfigError
 
 __all__ = ["ENV", "OPTIONS", "Option", "add_export_options", "resolve"]
@@ -85,6 +85,16 @@ OPTIONS: tuple[Option, ...] = (
            "local folder for run state when --out is an object store (default ~/.cache/bulkexport; "
            "env BULKEXPORT_STATE_DIR)", metavar="DIR"),
     _field("overwrite", "--overwrite", "delete this run's earlier output and redo it"),
+    _field("table_format", "--table-format", "parquet: files appended per run (default); delta or iceberg: tables "
+           "holding the latest value per key, merged by each run (pip install 'bulkexport[delta]' / "
+           "'bulkexport[iceberg]')", group="tables", choices=TABLE_FORMATS),
+    _field("catalog_uri", "--catalog-uri", "Iceberg catalog URI (REST, Glue, Hive, SQL; env BULKEXPORT_CATALOG_URI); "
+           "default: an embedded SQLite catalog in OUT/_bulkexport/iceberg_catalog.db", group="tables", metavar="URI",
+           type=str),
+    _field("catalog_type", "--catalog-type", "Iceberg catalog type when the URI does not tell (rest, glue, hive, "
+           "sql)", group="tables", metavar="TYPE", type=str),
+    _field("rows_per_commit", "--rows-per-commit", "delta/iceberg: rows merged per atomic commit (default "
+           "{default:,}); each chunk is held in memory while merged", group="tables", metavar="N"),
     Option("retry_failed", "--retry-failed", bool, False, "fetch again only the pairs this run recorded as failed"),
     Option("dry_run", "--dry-run", bool, False,
            "read and check the pairs, print the plan (requests, estimated duration), send nothing"),
@@ -126,6 +136,7 @@ ENV: Mapping[str, str] = {
     env.API_KEY_FILE: "api_key_file",
     env.LOG_LEVEL: "log_level",
     env.LOG_FORMAT: "log_format",
+    env.CATALOG_URI: "catalog_uri",
 }
 _BY_DEST = {o.dest: o for o in OPTIONS}
 

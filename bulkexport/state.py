@@ -326,15 +326,17 @@ class RunState:
             db.executemany("UPDATE pairs SET status = 2 WHERE id = ?", [(f[0],) for f in failed])
             db.execute(_UPSERT_META, ("next_seq", str(seq + 1)))
 
-    def unpublished_parts(self, page: int = 10_000) -> Iterator[PartRecord]:
-        """Staged batches not yet compacted into the dataset, in publishing order, streamed
-        (a million pairs stage a hundred thousand parts) through a connection of its own, so
-        the publishing thread may read while the run records what it published."""
+    def unpublished_parts(self, page: int = 10_000, table: str | None = None) -> Iterator[PartRecord]:
+        """Staged batches not yet compacted into the dataset (of one ``table``, or all), in
+        publishing order, streamed (a million pairs stage a hundred thousand parts) through a
+        connection of its own, so the publishing thread may read while the run records what
+        it published."""
         reader = sqlite3.connect(self.path, check_same_thread=False)
         try:
             cursor = reader.execute(
-                "SELECT seq, tbl, date, batch, rows, file FROM parts WHERE gen IS NULL ORDER BY tbl, date, seq"
-            )
+                "SELECT seq, tbl, date, batch, rows, file FROM parts WHERE gen IS NULL AND (? IS NULL OR tbl = ?) "
+                "ORDER BY tbl, date, seq", (table, table),
+            )  # fmt: skip
             while rows := cursor.fetchmany(page):
                 for r in rows:
                     yield PartRecord(*r)

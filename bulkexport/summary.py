@@ -44,6 +44,8 @@ class ExportSummary:
     stats_rows: int = 0  # send_stats rows written by this run
     totals_rows: int = 0  # send_totals rows written by this run
     files: int = 0  # Parquet files this run published
+    #: lakehouse formats: each table's version (Delta) or snapshot id (Iceberg) after the run
+    tables: dict[str, int | None] = field(default_factory=dict)
     wall_seconds: float = 0.0
     fetch_seconds: float = 0.0
     paused_seconds: float = 0.0
@@ -83,7 +85,8 @@ class ExportSummary:
             + f" of {self.pairs_total:,} ({', '.join(notes)})",
             f"requests   {self.requests:,} ({self.retries:,} retries, {self.rate_limited:,} x 429)",
             f"rows       send_stats {self.stats_rows:,}, send_totals {self.totals_rows:,} (committed)",
-            f"files      {self.files:,} Parquet files published",
+            (f"tables     {', '.join(f'{t} at {v}' for t, v in self.tables.items())} (version / snapshot)"
+             if self.tables else f"files      {self.files:,} Parquet files published"),
             f"time       {self.wall_seconds:.1f}s wall, {self.paused_seconds:.1f}s paused",
             f"rate       {self.request_rate:,.1f} requests/s achieved "
             f"(paced at {self.base_rate:,.1f}/s; limit {limit})",

@@ -11,32 +11,26 @@ import argparse
 import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pyarrow as pa
 
 from bulkexport.flatten import Flattener
-from bulkexport.schema import STATS_FLOAT_METRICS, STATS_INT_METRICS, TOTALS_FLOAT_METRICS, TOTALS_INT_METRICS
 from bulkexport.simulator import Simulator
 
+from .helpers import ANCHOR, ENDING_AT, STATS_KNOWN, TOTALS_KNOWN, pairs_for
 from .truth import STATS_KEYS, TOTALS_KEYS, expected, normalise
 
-ANCHOR = date(2026, 11, 27)
-ENDING_AT = datetime(2026, 11, 27, 23, 59, 59, tzinfo=UTC)
+__all__ = ["pairs_for"]
+
 LENGTH = 15
-STATS_KNOWN = set(STATS_INT_METRICS) | set(STATS_FLOAT_METRICS)
-TOTALS_KNOWN = set(TOTALS_INT_METRICS) | set(TOTALS_FLOAT_METRICS)
 KEYS = {"send_stats": STATS_KEYS, "send_totals": TOTALS_KEYS}
 T1 = datetime(2026, 11, 28, 1, 0, tzinfo=UTC)
 
 Payload = dict[str, Any]
 Restate = Callable[[str, str, Payload], Payload]
-
-
-def pairs_for(n: int, prefix: str = "c") -> list[tuple[str, str]]:
-    return [(f"{prefix}{i // 3:04d}", f"s{i:05d}") for i in range(n)]
 
 
 def restate(cid: str, sid: str, payload: Payload) -> Payload:

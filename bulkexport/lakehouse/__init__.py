@@ -30,6 +30,7 @@ from typing import Literal, Protocol, get_args
 
 import pyarrow as pa
 
+from ..config import DEFAULT_ROWS_PER_COMMIT as DEFAULT_MAX_ROWS_PER_COMMIT
 from ..errors import ConfigError
 from ._keys import GROUP_KEY, ROW_KEYS, Batches, DuplicateKeyError, MergeResult
 from ._store import locate
@@ -50,11 +51,6 @@ __all__ = [
 TableFormat = Literal["delta", "iceberg"]
 TableName = Literal["send_stats", "send_totals"]
 
-#: Rows per commit. A chunk is held in memory while it is planned and applied: merging
-#: 2,000,000 send_stats rows date by date peaked at 1.7 GB RSS (Delta) and 1.1 GB (Iceberg)
-#: with 500,000 rows a commit, 2.4 GB / 1.3 GB with 1,000,000, and Delta was faster with the
-#: smaller chunks (benchmarks/lakehouse_merge.py).
-DEFAULT_MAX_ROWS_PER_COMMIT = 500_000
 
 
 class LakeTable(Protocol):
@@ -80,6 +76,11 @@ class LakeTable(Protocol):
         """The current version (Delta) or snapshot id (Iceberg); None before any snapshot."""
         ...
 
+    def commits(self, key: str, value: str, after: int | None = None) -> list[int]:
+        """The versions / snapshot ids committed with ``commit_tag`` entry ``key = value``,
+        oldest first (Delta reads its log only after version ``after``)."""
+        ...
+
     def to_arrow(self) -> pa.Table:
         """The table's current contents (for checks and small tables)."""
         ...
@@ -96,6 +97,7 @@ def open_lake_table(
     storage_options: Mapping[str, str] | None = None,
     state_dir: str | Path | None = None,
     max_rows_per_commit: int = DEFAULT_MAX_ROWS_PER_COMMIT,
+    commit_tag: Mapping[str, str] | None = None,
 ) -> LakeTable:
     """Open ``OUT/<table>`` in format ``fmt``, creating it (empty, partitioned by ``date``)
     if it does not exist.
@@ -106,7 +108,9 @@ def open_lake_table(
     ``catalog_properties`` for anything else the catalog needs) replaces the embedded SQLite
     catalog, which otherwise lives at ``OUT/_bulkexport/iceberg_catalog.db`` (local output)
     or ``<state_dir>/iceberg_catalog.db`` (object-store output; ``state_dir`` defaults to
-    ``~/.cache/bulkexport/<hash of OUT>``).
+    ``~/.cache/bulkexport/<hash of OUT>``). ``commit_tag`` goes into every commit's metadata
+    (Delta commit info, Iceberg snapshot summary): the exporter tags its run there, so the
+    manifest can list exactly the versions a run committed, whatever else wrote meanwhile.
     """
     if fmt not in get_args(TableFormat):
         raise ConfigError(f"table format must be one of {', '.join(get_args(TableFormat))}, got {fmt!r}")
@@ -122,7 +126,8 @@ def open_lake_table(
             from .delta import DeltaLakeTable
         except ImportError as exc:
             raise _missing("delta", "deltalake", exc) from None
-        return DeltaLakeTable(location, table, storage_options=storage_options, max_rows_per_commit=max_rows_per_commit)
+        return DeltaLakeTable(location, table, storage_options=storage_options, max_rows_per_commit=max_rows_per_commit,
+                              commit_tag=commit_tag)  # fmt: skip
     try:
         from .iceberg import IcebergLakeTable
     except ImportError as exc:
@@ -130,7 +135,7 @@ def open_lake_table(
     return IcebergLakeTable(
         location, table, catalog_uri=catalog_uri, catalog_type=catalog_type,
         catalog_properties=catalog_properties, storage_options=storage_options,
-        max_rows_per_commit=max_rows_per_commit,
+        max_rows_per_commit=max_rows_per_commit, commit_tag=commit_tag,
     )  # fmt: skip
 
 

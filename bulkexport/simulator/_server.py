@@ -209,6 +209,10 @@ class Simulator:
         self.retry_after = retry_after
         self.forbidden = forbidden
         self.faults: list[FaultRule] = []
+        #: Braze restating its numbers: applied to every payload served (and to
+        #: :meth:`payload`, the ground truth), ``restate(campaign_id, send_id, payload)``
+        #: returns the payload as it now is (a copy: the model's is cached)
+        self.restate: Callable[[str, str, dict[str, Any]], dict[str, Any]] | None = None
         self.stats = SimulatorStats()
         self._host = host
         self._port = port
@@ -285,9 +289,8 @@ class Simulator:
         if ending.tzinfo is None:
             ending = ending.replace(tzinfo=UTC)
         day = ending.astimezone(UTC).date()
-        return self._model.payload(
-            campaign_id, send_id, length, day, self.extras if extras is None else extras
-        )
+        doc = self._model.payload(campaign_id, send_id, length, day, self.extras if extras is None else extras)
+        return doc if self.restate is None else self.restate(campaign_id, send_id, doc)
 
     def send_date(self, campaign_id: str, send_id: str) -> date:
         """The pair's send day: full entries cover it and the 13 days after it."""
@@ -364,7 +367,11 @@ class Simulator:
         if errors:
             return _json(400, {"message": "; ".join(errors), "errors": errors})
         day = (ending_at or datetime.now(UTC)).date()
-        body = self._model.body(campaign_id, send_id, length, day, self.extras)
+        if self.restate is None:
+            body = self._model.body(campaign_id, send_id, length, day, self.extras)
+        else:
+            doc = self._model.payload(campaign_id, send_id, length, day, self.extras)
+            body = orjson.dumps(self.restate(campaign_id, send_id, doc))
         for rule in self.faults:
             if rule._fires((campaign_id, send_id), self._fault_rng):
                 if rule.delay > 0 or rule.kind == "hang":
