@@ -97,6 +97,10 @@ def e2e_table(e2e: dict[str, Any], title: str) -> str:
             "peak RSS MB", "rows/pair", "simulator CPU")  # fmt: skip
     missing = e2e.get("_missing") or []
     note = f"\n(not installed, not run: {', '.join(missing)})" if missing else ""
+    b = e2e["bulkexport"]["out"]
+    if "wall_seconds" in b:
+        note += (f"\nbulkexport's own summary (last run): export {b['wall_seconds']:.2f} s of the process's "
+                 f"wall, at most {b['max_in_flight']} requests in flight, {b['retries']} retries")  # fmt: skip
     return f"{title}\n{table(head, rows)}{note}"
 
 
