@@ -12,7 +12,8 @@ hours: alone, a competitor spending 30% from minute 20, 429 storms every ~5 minu
 limit lowered to 100,000 at 1h30.
 
     python benchmarks/rate_control.py            # ~4 minutes
-    python benchmarks/rate_control.py --smoke    # ~20 s, for CI
+    python benchmarks/rate_control.py --smoke    # small sizes, ~50 s
+    python benchmarks/rate_control.py --quick    # one scenario of each kind, ~10 s (run.py --smoke, CI)
 """
 
 from __future__ import annotations
@@ -174,8 +175,8 @@ async def live_rows(smoke: bool) -> list[Row]:
     return rows
 
 
-def hour_rows(smoke: bool) -> list[Row]:
-    n = 0.5 if smoke else 3.0
+def hour_rows(smoke: bool, n_hours: float | None = None) -> list[Row]:
+    n = n_hours or (0.5 if smoke else 3.0)
     full = int(n)
     budget, low = 250_000 * 0.9, 100_000 * 0.9
     rng = random.Random(5)
@@ -191,9 +192,21 @@ def hour_rows(smoke: bool) -> list[Row]:
     ]  # fmt: skip
 
 
-def main(smoke: bool, quiet: bool = False) -> str:
-    """Run every scenario; return the table (printed too unless ``quiet``)."""
-    rows = asyncio.run(live_rows(smoke)) + hour_rows(smoke)
+async def quick_rows() -> list[Row]:
+    """One live scenario and one with a competitor, at smoke size: the code paths, not the verdicts."""
+    return [
+        await live("live 300/2s 0ms learnt", limit=300, window=2.0, latency=0.0, reserve=0.0, pairs=525),
+        await live("live 300/2s 0ms competitor 30%", limit=300, window=2.0, latency=0.0, reserve=0.1,
+                   competitor=0.3, pairs=325),
+    ]  # fmt: skip
+
+
+def main(smoke: bool, quiet: bool = False, quick: bool = False) -> str:
+    """Run every scenario (``quick``: one of each kind); return the table (printed too unless ``quiet``)."""
+    if quick:
+        rows = asyncio.run(quick_rows()) + hour_rows(True, n_hours=0.2)[:1]
+    else:
+        rows = asyncio.run(live_rows(smoke)) + hour_rows(smoke)
     table = ("rate control (allowed/w: per window or per hour, after reserve and competitor; min/max: "
              f"achieved / allowed over steady windows or full hours)\n{render(rows)}")  # fmt: skip
     if not quiet:
@@ -203,5 +216,7 @@ def main(smoke: bool, quiet: bool = False) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="small sizes, for CI")
-    main(parser.parse_args().smoke)
+    parser.add_argument("--smoke", action="store_true", help="small sizes")
+    parser.add_argument("--quick", action="store_true", help="one scenario of each kind, small (CI)")
+    args = parser.parse_args()
+    main(args.smoke or args.quick, quick=args.quick)
