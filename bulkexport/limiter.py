@@ -33,32 +33,22 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import NamedTuple
 
 from aiolimiter import AsyncLimiter
 
 from .budget import WindowBudget, retry_after_seconds
 from .errors import BrazeUnavailable
 from .outage import Outage
+from .pauses import Alarm, Pauses, Ticket
 
 __all__ = ["RateController", "RateStats", "Ticket", "retry_after_seconds"]
 
 log = logging.getLogger("bulkexport")
-
-
-class Ticket(NamedTuple):
-    """One granted start; hand it back to :meth:`RateController.finish`."""
-
-    seq: int  # our starts before this one
-    at: float  # loop time of the grant
-    probe: bool  # the single request let through after a pause
-    key: Hashable  # what the request is for (a pair): outages are told from bad pairs by it
 
 
 @dataclass(slots=True)
@@ -75,18 +65,12 @@ class RateStats:
     max_in_flight: int = 0
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 class RateController:
     """Decides when each request may start. One per run, shared by all workers."""
 
     __slots__ = (
-        "_broken", "_bucket", "_bucket_rate", "_budget", "_burst", "_escalation", "_failed", "_idle", "_in_flight",
-        "_last_grant", "_max_pause", "_outage", "_pause_started", "_paused_until", "_probe", "_probe_next", "_seq",
-        "_task", "_waiters", "_wake", "_wall", "stats",
+        "_alarm", "_broken", "_bucket", "_bucket_rate", "_budget", "_burst", "_failed", "_idle", "_in_flight",
+        "_last_grant", "_max_pause", "_outage", "_pauses", "_seq", "_task", "_waiters", "_wall", "stats",
     )  # fmt: skip
 
     def __init__(
@@ -110,7 +94,7 @@ class RateController:
         self._seq = 0  # starts granted so far
         self._in_flight = 0  # granted and not finished
         self._waiters: deque[asyncio.Future[Ticket]] = deque()  # workers waiting, FIFO
-        self._wake: asyncio.Future[None] | None = None  # what the dispatcher sleeps on
+        self._alarm = Alarm()  # what the dispatcher sleeps on
         self._idle = False  # the dispatcher waits for a waiter (not for the pace)
         self._task: asyncio.Task[None] | None = None  # the dispatcher
         self._broken: BaseException | None = None  # the dispatcher died of this (a bug)
@@ -118,12 +102,7 @@ class RateController:
         self._bucket: AsyncLimiter | None = None  # burst and leak at the ceiling pace
         self._bucket_rate = 0.0  # the pace the bucket was built for
         self._last_grant = -math.inf  # loop time of the latest start
-        # -- pauses
-        self._paused_until = 0.0  # loop time before which nobody starts
-        self._pause_started = -math.inf  # loop time the latest pause began
-        self._probe_next = False  # the next start is a probe
-        self._probe: Ticket | None = None  # the probe in flight: nobody else starts
-        self._escalation = 0  # 429s on consecutive probes
+        self._pauses = Pauses()  # 429s, used-up budgets and outages hold everyone, then one probe
         self._outage = Outage(max_outage)  # the breaker
         self.stats = RateStats()
 
@@ -136,7 +115,7 @@ class RateController:
     @property
     def target_rate(self) -> float:
         """Pace right now: 0 while paused, else the ceiling or what the budget allows."""
-        if self.paused or self._probe is not None:
+        if self._pauses.holding(asyncio.get_running_loop().time()):
             return 0.0
         allowed = self._budget.allowed(self._wall(), self._seq, self._noise())
         return self.base_rate if allowed is None else min(self.base_rate, allowed)
@@ -147,7 +126,7 @@ class RateController:
 
     @property
     def paused(self) -> bool:
-        return self._paused_until > asyncio.get_running_loop().time()
+        return self._pauses.until > asyncio.get_running_loop().time()
 
     def blames(self, key: Hashable, since: float) -> bool:
         """Whether failures of ``key`` since loop time ``since`` are its own (see
@@ -172,7 +151,7 @@ class RateController:
         fut: asyncio.Future[Ticket] = loop.create_future()
         self._waiters.append(fut)
         if self._idle:
-            self._poke()
+            self._alarm.poke()
         try:
             ticket = await fut
         except asyncio.CancelledError:
@@ -198,9 +177,10 @@ class RateController:
             sent = self._wall() - (loop.time() - ticket.at)
             news = self._budget.observe(ticket.seq, sent, self._wall(), status, headers)
             self.stats.limit, self.stats.window = self._budget.limit, self._budget.learnt_window
-        probe = ticket.probe and self._probe is not None and ticket.seq == self._probe.seq
+        pauses = self._pauses
+        probe = pauses.is_probe(ticket)
         if probe:
-            self._probe, news = None, True
+            pauses.probe, news = None, True
         if status == 429:
             self._on_429(ticket, headers or {}, probe)
         elif failed or (status is not None and (status >= 500 or status in (408, 425))):
@@ -209,23 +189,23 @@ class RateController:
             if pause is not None:
                 self._pause(now, pause, jitter=0.1 * pause, probe=True)
             elif probe:
-                self._probe_next = True
+                pauses.probe_next = True
             self.stats.outages = self._outage.opened
         elif status is not None:
             now = loop.time()
             if self._outage.healthy(now):
-                self._paused_until = min(self._paused_until, now)  # the breaker's pause is over
+                pauses.until = min(pauses.until, now)  # the breaker's pause is over
                 news = True
-            self._escalation = 0 if probe else self._escalation
+            pauses.escalation = 0 if probe else pauses.escalation
         elif probe:
-            self._probe_next = True  # no verdict (cancelled): the next start probes again
+            pauses.probe_next = True  # no verdict (cancelled): the next start probes again
         if news:
-            self._poke()
+            self._alarm.poke()
 
     def _abandon(self, ticket: Ticket) -> None:
         if ticket.probe:
-            self._probe, self._probe_next = None, True
-            self._poke()
+            self._pauses.probe_again()
+            self._alarm.poke()
 
     async def aclose(self) -> None:
         """Stop the dispatcher; waiting workers are cancelled."""
@@ -252,10 +232,11 @@ class RateController:
     def _on_429(self, ticket: Ticket, headers: Mapping[str, str], probe: bool) -> None:
         self.stats.rate_limited += 1
         loop = asyncio.get_running_loop()
-        if not probe and (ticket.at < self._pause_started or self._probe is not None):
+        pauses = self._pauses
+        if not probe and pauses.same_episode(ticket):
             return  # sent before the pause began: the same episode, already handled
-        self._escalation += probe
-        wait, why, to_reset = self._budget.after_429(headers, self._wall(), probe, self._escalation, self._max_pause)
+        pauses.escalation += probe
+        wait, why, to_reset = self._budget.after_429(headers, self._wall(), probe, pauses.escalation, self._max_pause)
         log.warning("HTTP 429%s: pausing all requests %.1fs (%s), then one probe request",
                     " on the probe" if probe else "", wait, why)  # fmt: skip
         self._pause(loop.time(), wait, jitter=self._reset_jitter() if to_reset else min(1.0, 0.1 * wait), probe=True)
@@ -267,13 +248,7 @@ class RateController:
 
     def _pause(self, now: float, seconds: float, *, jitter: float, probe: bool) -> None:
         """Nobody starts for ``seconds`` plus up to ``jitter``."""
-        until = now + seconds + random.uniform(0, jitter)
-        if until > self._paused_until:
-            if self._paused_until <= now:
-                self._pause_started = now
-                self.stats.pauses += 1
-            self._paused_until = until
-        self._probe_next = self._probe_next or probe
+        self.stats.pauses += self._pauses.hold(now, seconds, jitter=jitter, probe=probe)
 
     def _failure_future(self) -> asyncio.Future[BrazeUnavailable]:
         if self._failed is None:
@@ -291,24 +266,6 @@ class RateController:
             raise
 
     # -- the dispatcher -------------------------------------------------------------------------
-    def _poke(self) -> None:
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
-
-    async def _sleep(self, seconds: float | None, until: asyncio.Future[None] | None = None) -> None:
-        """Until ``seconds`` pass (None: no limit), ``until`` is done, or :meth:`_poke`."""
-        loop = asyncio.get_running_loop()
-        fut = self._wake = loop.create_future()
-        handle = None if seconds is None else loop.call_later(seconds, _resolve, fut)
-        if until is not None:
-            until.add_done_callback(lambda _: _resolve(fut))
-        try:
-            await fut
-        finally:
-            self._wake = None
-            if handle is not None:
-                handle.cancel()
-
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -318,7 +275,7 @@ class RateController:
                 if not self._waiters:
                     self._idle = True
                     try:
-                        await self._sleep(self._outage_left(loop.time()))
+                        await self._alarm.sleep(self._outage_left(loop.time()))
                     finally:
                         self._idle = False
                     continue
@@ -345,12 +302,11 @@ class RateController:
 
     def _grant(self) -> Ticket:
         now = asyncio.get_running_loop().time()
-        ticket = Ticket(self._seq, now, self._probe_next, None)
+        ticket = Ticket(self._seq, now, self._pauses.probe_next, None)
         self._seq += 1
         self._last_grant = now
-        if ticket.probe:
-            self._probe, self._probe_next = ticket, False
-            self.stats.probes += 1
+        self._pauses.granted(ticket)
+        self.stats.probes += ticket.probe
         return ticket
 
     async def _clear_to_start(self) -> None:
@@ -360,12 +316,13 @@ class RateController:
         while True:
             now = loop.time()
             outage_left = self._outage_left(now)
-            if self._paused_until > now or self._probe is not None:
+            pauses = self._pauses
+            if pauses.holding(now):
                 held_since = now if held_since is None else held_since
-                wait = None if self._probe is not None else self._paused_until - now
+                wait = None if pauses.probe is not None else pauses.until - now
                 if outage_left is not None:
                     wait = outage_left if wait is None else min(wait, outage_left)
-                await self._sleep(wait)
+                await self._alarm.sleep(wait)
                 continue
             if held_since is not None:
                 self.stats.paused_seconds += now - held_since
@@ -384,7 +341,7 @@ class RateController:
                 if due > now:
                     # Re-read at least every second and at the reset: a slow pace set near the
                     # end of a window must not outlive it.
-                    await self._sleep(min(due - now, 1.0, max(reset - wall, 0.0)))
+                    await self._alarm.sleep(min(due - now, 1.0, max(reset - wall, 0.0)))
                     continue
             bucket = self._bucket
             if bucket is None or abs(self._bucket_rate - ceiling) > 0.01 * ceiling:
@@ -396,10 +353,10 @@ class RateController:
             # Wait for the bucket, but never blindly: news (a learnt window, a pause, a new
             # pace) cancels the wait and everything is read again.
             token = asyncio.ensure_future(bucket.acquire())
-            await self._sleep(1.0, until=token)
+            await self._alarm.sleep(1.0, until=token)
             if not token.done():
                 token.cancel()
                 continue
-            if self._paused_until <= loop.time() and self._probe is None:
+            if not self._pauses.holding(loop.time()):
                 return
             # Paused while waiting for the bucket: that token goes unused.
