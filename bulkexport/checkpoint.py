@@ -168,6 +168,7 @@ class Checkpointer:
         self._lock = asyncio.Lock()  # one checkpoint at a time
         self._wake = asyncio.Event()  # the buffer is full enough: checkpoint now
         self._drained = asyncio.Event()  # a checkpoint took the buffer
+        self._failure: Exception | None = None  # a checkpoint that failed: the run is over
         self.exported = 0  # pairs fetched this session (committed or about to be)
         self.failed = 0  # pairs failed for good this session
         self.unknown: set[str] = set()  # unknown fields and ("channel:"-prefixed) channels seen
@@ -207,11 +208,20 @@ class Checkpointer:
             self._wake.clear()
             # Shielded: cancelling this loop must not abandon a checkpoint between its file
             # write and its commit (the final one waits for it on the lock).
-            await asyncio.shield(self.flush())
+            # Its outcome is taken by a callback: when this loop is cancelled mid-write, a
+            # shield stops watching, and a failure would surface only as a traceback from
+            # the garbage collector; the final flush reports it instead.
+            flush = asyncio.ensure_future(self.flush())
+            flush.add_done_callback(lambda f: f.cancelled() or f.exception())
+            await asyncio.shield(flush)
 
     async def flush(self) -> None:
-        """Write what is complete and mark its pairs done, in that order."""
+        """Write what is complete and mark its pairs done, in that order. After a failed
+        checkpoint every flush raises its error: the pairs it held are still pending, and
+        committing later ones would let a resume-free run claim to be whole."""
         async with self._lock:
+            if self._failure is not None:
+                raise self._failure
             self._build()
             if not (self._done or self._failed):
                 self._drained.set()
@@ -222,15 +232,19 @@ class Checkpointer:
             rows, self._rows = self._rows, 0
             seq, self._seq = self._seq, self._seq + 1
             self._drained.set()
-            if self._batch_sink is not None:
-                for name, batches in tables.items():
-                    for batch in batches:
-                        if batch.num_rows:
-                            await self._batch_sink(name, batch)
-                tables = {}
-            # File write, fsync and the SQLite commit (another fsync) all off the event
-            # loop: a slow disk must not stall requests in flight.
-            await asyncio.to_thread(self._commit, seq, tables, done, failed)
+            try:
+                if self._batch_sink is not None:
+                    for name, batches in tables.items():
+                        for batch in batches:
+                            if batch.num_rows:
+                                await self._batch_sink(name, batch)
+                    tables = {}
+                # File write, fsync and the SQLite commit (another fsync) all off the event
+                # loop: a slow disk must not stall requests in flight.
+                await asyncio.to_thread(self._commit, seq, tables, done, failed)
+            except Exception as exc:
+                self._failure = exc
+                raise
             log.debug("checkpoint %d: %d pairs, %d rows", seq, len(done), rows)
 
     def _commit(self, seq: int, tables: dict[str, list[pa.RecordBatch]], done: list[int],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -57,11 +57,20 @@ class _JsonFormatter(logging.Formatter):
 LEVELS = ("debug", "info", "warning", "error")
 
 
+class _Stderr(logging.StreamHandler[TextIO]):
+    """Writes to ``sys.stderr`` as it is at each record: the CLI run in-process (tests, a
+    notebook) must not keep writing to a stream its caller has since replaced or closed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def setup_logging(level: str, fmt: str, key: str) -> logging.Handler:
     """Route the ``bulkexport`` logger to stderr; ``key`` is redacted from every record."""
     if level.lower() not in LEVELS:
         level = "info"  # a bad $BULKEXPORT_LOG_LEVEL is reported by resolve(), with exit 2
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:

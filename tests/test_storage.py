@@ -4,14 +4,26 @@ and leaves the published dataset exactly as it was."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import resource
 import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
 
 import bulkexport
+from bulkexport import ExportConfig, StorageError
+from bulkexport.checkpoint import Checkpointer, Staging
+from bulkexport.errors import AttemptError
+from bulkexport.layout import RunLayout
+from bulkexport.pairs import Pair
 from bulkexport.simulator import Simulator
+from bulkexport.state import FAILED, PENDING, PartRecord, RunState
 
 from .helpers import API_KEY, pairs_for
 
@@ -73,3 +85,45 @@ async def test_disk_full_during_a_run_leaves_the_dataset_unchanged(sim: Simulato
     assert code == 0, text
     runs = bulkexport.read_table(out, "send_totals").column("run_id").to_pylist()
     assert set(runs) == {"night-1", "night-2"}
+
+
+async def test_a_checkpoint_failing_after_its_loop_was_cancelled_fails_the_final_flush(tmp_path: Path) -> None:
+    """The fetch ends (its checkpoint loop cancelled) while a checkpoint is still writing,
+    and that write fails: the final flush must raise that error, not commit later work as
+    if nothing were missing, and the failure must not surface as a garbage-collector
+    traceback ("Task exception was never retrieved")."""
+    gate = threading.Event()
+
+    class FullDisk(Staging):
+        def write(self, seq: int, tables: dict[str, list[pa.RecordBatch]]) -> list[PartRecord]:
+            gate.wait(10)
+            raise StorageError("cannot write checkpoint: the disk is full")
+
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    cfg = ExportConfig.build(endpoint="https://rest.iad-01.braze.com", api_key="k" * 36, checkpoint_interval=0.01)
+    state = RunState(tmp_path / "run" / "state.sqlite")
+    try:
+        state.ingest([Pair("c1", "s1"), Pair("c2", "s2")])
+        (first, pair), (second, other) = state.pending()
+        ckpt = Checkpointer(cfg, state, FullDisk(RunLayout("r", tmp_path / "run")))
+        ckpt.record_failure(first, pair, AttemptError("no such send", 404), 1)
+        loop_task = asyncio.create_task(ckpt.run())
+        await asyncio.sleep(0.2)  # the loop's checkpoint is now blocked in its write
+        loop_task.cancel()
+        await asyncio.gather(loop_task, return_exceptions=True)
+        ckpt.record_failure(second, other, AttemptError("no such send", 404), 1)
+        gate.set()
+        with pytest.raises(StorageError, match="disk is full"):
+            await ckpt.flush()
+        # Nothing was committed: both pairs are still pending for a resume.
+        assert (state.count(PENDING), state.count(FAILED)) == (2, 0)
+        del loop_task
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unretrieved == []
+    finally:
+        gate.set()
+        state.close()
+        loop.set_exception_handler(None)
