@@ -58,6 +58,11 @@ HOSTILE: dict[str, list[str]] = {
     "checkpoint_interval": ["0", "-1", "inf", "nan", "1e-300", "1e300", ""],
     "log_level": ["", "verbose", "INFO"],
     "log_format": ["", "xml"],
+    "table_format": ["", "csv", "DELTA", "hudi"],
+    # Any catalog setting is refused without --table-format iceberg (the base call has none).
+    "catalog_uri": ["", " ", "a\x00b", "sqlite:///catalog.db"],
+    "catalog_type": ["", " ", "sql"],
+    "rows_per_commit": ["0", "-1", "inf", "1.5", "", "9" * 30],
 }  # fmt: skip
 _FLAG = {o.dest: o for o in OPTIONS}
 
@@ -94,7 +99,7 @@ def test_every_export_option_refuses_hostile_values_with_one_line_and_exit_2(
 ) -> None:
     assert set(HOSTILE) == set(_FLAG), "every export option needs hostile values here"
     for var in ("BRAZE_REST_ENDPOINT", "BRAZE_API_KEY_FILE", "BULKEXPORT_CONFIG", "BULKEXPORT_LOG_LEVEL",
-                "BULKEXPORT_LOG_FORMAT", "BULKEXPORT_STATE_DIR"):  # fmt: skip
+                "BULKEXPORT_LOG_FORMAT", "BULKEXPORT_STATE_DIR", "BULKEXPORT_CATALOG_URI"):  # fmt: skip
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("BRAZE_API_KEY", API_KEY)
     files = _files(tmp_path)
@@ -157,6 +162,10 @@ TOML_HOSTILE: dict[str, list[str]] = {
     "checkpoint_interval": ["0", "inf", "nan", "1e-300"],
     "log_level": ['"verbose"', "1"],
     "log_format": ['"xml"', "[]"],
+    "table_format": ['"csv"', "1", '""'],
+    "catalog_uri": ['""', "5", '"sqlite:///catalog.db"'],
+    "catalog_type": ['""', "[]", '"sql"'],
+    "rows_per_commit": ["0", "inf", "1.5", '"many"', "-5"],
 }
 
 
@@ -164,7 +173,8 @@ def test_config_files_with_hostile_values_are_refused_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert set(TOML_HOSTILE) == set(_FLAG)
-    for var in ("BRAZE_API_KEY", "BRAZE_API_KEY_FILE", "BRAZE_REST_ENDPOINT", "BULKEXPORT_CONFIG"):
+    for var in ("BRAZE_API_KEY", "BRAZE_API_KEY_FILE", "BRAZE_REST_ENDPOINT", "BULKEXPORT_CONFIG",
+                "BULKEXPORT_CATALOG_URI"):
         monkeypatch.delenv(var, raising=False)
     files = _files(tmp_path)
     key_file = tmp_path / "key"
