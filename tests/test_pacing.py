@@ -4,7 +4,7 @@ Behaviour that scales with Braze's real hour (a pace set near the end of an hour
 the reset, a learnt window) cannot show in a compressed two-second window. Here the real
 :class:`RateController` paces 64 workers against a model of Braze's clock-hour window
 (:mod:`bulkexport.simulator`'s ``HourlyBraze``): 250,000 requests per hour, 200 ms per
-request, the default 10% reserve, two or three hours long, nothing of the controller mocked.
+request, the default 10% reserve, three hours long, nothing of the controller mocked.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ LATENCY = 0.2
 HOURS = 3
 
 
-def export_hours(braze: HourlyBraze, hours: int = HOURS) -> tuple[VirtualRun, RateController]:
+def export_hours(braze: HourlyBraze) -> tuple[VirtualRun, RateController]:
     async def scenario() -> tuple[VirtualRun, RateController]:
         async with RateController(limit=LIMIT, window=HOUR, reserve=RESERVE, wall=braze.wall) as ctrl:
-            return await drive(ctrl, braze, seconds=hours * HOUR, latency=LATENCY), ctrl
+            return await drive(ctrl, braze, seconds=HOURS * HOUR, latency=LATENCY), ctrl
 
     return run_virtual(scenario())
 
@@ -47,17 +47,17 @@ def check_gaps(starts: list[float]) -> None:
         )
 
 
-def spent_per_hour(braze: HourlyBraze, hours: int = HOURS) -> dict[int, tuple[int, int]]:
+def spent_per_hour(braze: HourlyBraze) -> dict[int, tuple[int, int]]:
     """(ours, others) of every hour of the run."""
     first = math.floor(EPOCH / HOUR)
-    return {w - first: (braze.ours[w], braze.others_in(w)) for w in range(first, first + hours)}
+    return {w - first: (braze.ours[w], braze.others_in(w)) for w in range(first, first + HOURS)}
 
 
 def test_alone_every_hour_spends_its_budget_minus_the_reserve() -> None:
     braze = HourlyBraze(EPOCH)
-    run, ctrl = export_hours(braze, hours=2)
+    run, ctrl = export_hours(braze)
     budget = LIMIT * (1 - RESERVE)
-    for hour, (ours, _) in spent_per_hour(braze, hours=2).items():
+    for hour, (ours, _) in spent_per_hour(braze).items():
         assert 0.98 * budget <= ours <= budget + ctrl.stats.max_in_flight, (hour, ours)
     assert braze.over_limit == [] and run.answers[429] == 0
     check_gaps(run.starts)
@@ -65,9 +65,9 @@ def test_alone_every_hour_spends_its_budget_minus_the_reserve() -> None:
 
 def test_a_competitor_from_minute_20_is_left_its_share() -> None:
     braze = HourlyBraze(EPOCH, competitor_from=1200.0, competitor_share=0.3)
-    run, ctrl = export_hours(braze, hours=2)
+    run, ctrl = export_hours(braze)
     budget = LIMIT * (1 - RESERVE)
-    for hour, (ours, others) in spent_per_hour(braze, hours=2).items():
+    for hour, (ours, others) in spent_per_hour(braze).items():
         # Together we spend what the window allows, never into the reserve by more than
         # what was in flight: the competitor's spend is its own, we make room for it.
         assert others > 0
@@ -79,12 +79,12 @@ def test_a_competitor_from_minute_20_is_left_its_share() -> None:
 def test_429_storms_with_retry_after_cost_about_a_second_each() -> None:
     rng = random.Random(5)
     # A one-second storm of 429s (Remaining: 0, Retry-After: 1) every five minutes or so.
-    storms = [(t, t + 1.0) for t in sorted(rng.uniform(0, 2 * HOUR) for _ in range(24))]
+    storms = [(t, t + 1.0) for t in sorted(rng.uniform(0, HOURS * HOUR) for _ in range(36))]
     braze = HourlyBraze(EPOCH, storms=storms)
-    run, ctrl = export_hours(braze, hours=2)
+    run, ctrl = export_hours(braze)
     budget = LIMIT * (1 - RESERVE)
-    assert braze.storm_429 > 0 and ctrl.stats.pauses >= 20
-    for hour, (ours, _) in spent_per_hour(braze, hours=2).items():
+    assert braze.storm_429 > 0 and ctrl.stats.pauses >= 30
+    for hour, (ours, _) in spent_per_hour(braze).items():
         assert 0.98 * budget <= ours <= budget + ctrl.stats.max_in_flight, (hour, ours)
     assert braze.over_limit == []
     check_gaps(run.starts)  # a storm costs about a second, never the rest of the hour

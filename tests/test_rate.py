@@ -173,13 +173,13 @@ async def test_a_window_learnt_from_the_headers_is_used_to_the_full(
 
 
 async def test_every_window_spends_its_budget_minus_the_reserve_never_more(sim: Simulator, tmp_path: Path) -> None:
-    """400 per 4-second window, learnt, with a 10% reserve: seven windows of 360 and no tail
+    """400 per 10-second window, learnt, with a 10% reserve: seven windows of 360 and no tail
     (the stall this replays spent 358 of 360 for six windows, then 85, 1, 1 and 1)."""
-    sim.rate_limit, sim.rate_window = 400, 4.0
+    sim.rate_limit, sim.rate_window = 400, 10.0
     summary = await run(sim, pairs_for(2500), tmp_path, rate_limit=250_000, window=3600.0, reserve=0.1,
                         concurrency=64)
     assert summary.status == "complete"
     assert summary.rate_limited == 0 and sim.stats.by_status[429] == 0
-    windows = per_window(sim.stats.timestamps, 4.0)
+    windows = per_window(sim.stats.timestamps, 10.0)
     assert len(windows) >= 3
     assert all(0.9 * 360 <= w <= 360 for w in windows), windows

@@ -145,13 +145,13 @@ async def test_nothing_listening_stops_within_the_budget_then_resumes_exactly(tm
 
 
 async def test_an_outage_shorter_than_the_budget_is_ridden_out(tmp_path: Path) -> None:
-    """Braze goes away for 30 s in the middle of a run (connections refused) and comes back:
-    longer than any pair's own retries last here (0.5 + 1 + 2 + 4 + 5 s), so a run that
-    blamed the pairs would fail them all; this one waits with probes, resumes, and the
+    """Braze goes away for two minutes in the middle of a run (connections refused) and comes
+    back: far longer than any pair's own retries last here (0.5 + 1 + 2 + 4 + 5 s), so a run
+    that blamed the pairs would fail them all; this one waits with probes, resumes, and the
     dataset is exact, no pair failed."""
     port = free_port()
     pairs = pairs_for(400)
-    outage = 30.0
+    outage = 120.0
     async with Simulator(api_key=API_KEY, seed=11, anchor_date=ANCHOR, port=port) as sim:
         done = asyncio.Event()
 
