@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import memory
 from .config import ExportConfig
 from .errors import AttemptError
 from .flatten import Flattener
@@ -249,7 +250,10 @@ class Checkpointer:
 
     def _commit(self, seq: int, tables: dict[str, list[pa.RecordBatch]], done: list[int],
                 failed: list[Failure]) -> None:  # fmt: skip
-        self._state.commit_checkpoint(seq, self._staging.write(seq, tables), done, failed)
+        records = self._staging.write(seq, tables)
+        tables.clear()  # the rows are on disk: free them (the caller holds this same dict) ...
+        self._state.commit_checkpoint(seq, records, done, failed)
+        memory.trim()  # ... and hand the memory back (see bulkexport.memory)
 
     def _build(self) -> None:
         if not len(self._flat):

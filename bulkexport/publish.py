@@ -27,6 +27,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import memory
 from .checkpoint import Staging
 from .layout import RunLayout
 from .schema import TABLES
@@ -74,6 +75,7 @@ class ParquetPublisher:
             except BaseException:
                 writer.abort()
                 raise
+            memory.trim()  # between partitions: the peak is one partition's, not the run's
 
 
 class _PartitionWriter:

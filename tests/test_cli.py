@@ -284,3 +284,28 @@ async def test_key_never_in_repr_str_or_logs(sim: Simulator, tmp_path: Path, cap
         assert API_KEY not in text
         assert WRONG_KEY not in text
     _files_without_key(tmp_path, API_KEY, WRONG_KEY)
+
+
+@pytest.mark.parametrize(("pool", "backend"), [(None, "system"), ("mimalloc", "mimalloc")])
+def test_the_command_owns_its_allocator_and_the_library_does_not(pool: str | None, backend: str) -> None:
+    """``memory.own_process`` (what the CLI calls) gives Arrow the system allocator unless
+    ``$ARROW_DEFAULT_MEMORY_POOL`` says otherwise, and makes ``trim`` call glibc; importing
+    the library changes neither. In a child process: the allocator is process-wide."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import pyarrow as pa, bulkexport\n"
+        "from bulkexport import memory\n"
+        "before = (pa.default_memory_pool().backend_name, memory._trim is None)\n"
+        "memory.own_process(); memory.trim()\n"
+        "print(*before, pa.default_memory_pool().backend_name, memory._trim is None)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if pool is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = pool
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+    library_pool, untrimmed, command_pool, trim_missing = out.stdout.split()
+    assert (library_pool, untrimmed) == (pool or "mimalloc", "True")  # pyarrow's own default
+    assert (command_pool, trim_missing) == (backend, "False")
