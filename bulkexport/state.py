@@ -9,7 +9,6 @@ not at all, whatever kills the process.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -21,8 +20,9 @@ import orjson
 
 from .errors import StorageError
 from .pairs import Pair
+from .storage import private_file
 
-__all__ = ["DONE", "FAILED", "PENDING", "Failure", "Ingested", "PartRecord", "RunState", "private_file"]
+__all__ = ["DONE", "FAILED", "PENDING", "Failure", "Ingested", "PartRecord", "RunState"]
 
 PENDING, DONE, FAILED = 0, 1, 2
 _SCHEMA_VERSION = 1
@@ -63,25 +63,6 @@ CREATE TABLE IF NOT EXISTS published (
     bytes INTEGER NOT NULL
 );
 """
-
-
-def private_file(path: Path) -> None:
-    """Create ``path`` if needed and make it owner-only (0600), whatever the umask.
-
-    The state holds failure reasons taken from Braze's answers and the run's parameters:
-    nobody but the job's own user has a reason to read it. SQLite creates its ``-wal`` and
-    ``-shm`` files with the database file's mode, so creating that one first is enough.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if os.fstat(fd).st_mode & 0o777 != 0o600:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    for suffix in ("-wal", "-shm"):  # left by an older version or a crash
-        side = path.with_name(path.name + suffix)
-        if side.exists() and side.stat().st_mode & 0o777 != 0o600:
-            side.chmod(0o600)
 
 
 class Ingested(NamedTuple):

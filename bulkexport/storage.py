@@ -42,6 +42,7 @@ __all__ = [
     "commit_file",
     "fsync_path",
     "open_target",
+    "private_file",
     "storage_errors",
 ]
 
@@ -74,6 +75,25 @@ def commit_file(tmp: Path, final: Path) -> None:
     fsync_path(tmp)
     os.replace(tmp, final)
     fsync_path(final.parent, directory=True)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` if needed and make it owner-only (0600), whatever the umask.
+
+    The state holds failure reasons taken from Braze's answers and the run's parameters:
+    nobody but the job's own user has a reason to read it. SQLite creates its ``-wal`` and
+    ``-shm`` files with the database file's mode, so creating that one first is enough.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != 0o600:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):  # left by an older version or a crash
+        side = path.with_name(path.name + suffix)
+        if side.exists() and side.stat().st_mode & 0o777 != 0o600:
+            side.chmod(0o600)
 
 
 class Target(ABC):
