@@ -134,9 +134,10 @@ def tail(path: Path, n: int = 3000) -> str:
 class SimulatorProcess:
     """``python -m bulkexport.simulator`` in its own process, so its CPU is not the client's."""
 
-    def __init__(self, *, latency: float, rate_limit: int) -> None:
+    def __init__(self, *, latency: float, rate_limit: int, cache_size: int | None = None) -> None:
         self.latency = latency
         self.rate_limit = rate_limit
+        self.cache_size = cache_size  # rendered bodies it keeps (None: its default, 4,096)
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the process it logs)
@@ -145,6 +146,8 @@ class SimulatorProcess:
         cmd = [sys.executable, "-m", "bulkexport.simulator", "--port", "0", "--api-key", API_KEY,
                "--seed", str(SEED), "--anchor-date", ANCHOR.isoformat(),
                "--rate-limit", str(self.rate_limit), "--latency", str(self.latency)]  # fmt: skip
+        if self.cache_size is not None:
+            cmd += ["--cache-size", str(self.cache_size)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()

@@ -645,7 +645,7 @@ def test_payload_window_far_from_the_send_is_empty() -> None:
 async def test_cli_serves_and_exits_cleanly_on_sigterm(http: aiohttp.ClientSession) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bulkexport.simulator", "--port", "0", "--rate-limit", "50",
-        "--anchor-date", "2026-11-27",
+        "--anchor-date", "2026-11-27", "--cache-size", "16",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -667,6 +667,20 @@ async def test_cli_serves_and_exits_cleanly_on_sigterm(http: aiohttp.ClientSessi
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_cache_size_bounds_the_rendered_bodies_kept(http: aiohttp.ClientSession) -> None:
+    """Three pairs through a cache of two: the third evicts the first, which is rendered
+    again (a miss) when asked for after it; the bodies are the same either way."""
+    async with Simulator(seed=0, anchor_date=ANCHOR, cache_size=2) as sim:
+        headers = {"Authorization": f"Bearer {sim.api_key}"}
+        bodies = []
+        for send in ("s1", "s2", "s3", "s1"):
+            async with http.get(f"{sim.url}{PATH}?campaign_id=c&send_id={send}&length=5", headers=headers) as resp:
+                bodies.append(await resp.read())
+        info = sim._model.body.cache_info()
+        assert (info.maxsize, info.currsize, info.hits, info.misses) == (2, 2, 0, 4)
+        assert bodies[0] == bodies[3]
 
 
 def test_ids_with_separators_do_not_collide() -> None:

@@ -20,7 +20,8 @@ Usage::
 
 ``Simulator(api_key="test-key", *, seed=0, anchor_date=None, rate_limit=250_000,
 rate_window=3600.0, latency=0.0, extras=False, retry_after=None, forbidden=False,
-host="127.0.0.1", port=0)``; ``anchor_date`` defaults to today (UTC). ``api_key``,
+host="127.0.0.1", port=0, cache_size=4096)``; ``anchor_date`` defaults to today (UTC);
+``cache_size`` rendered bodies are kept (benchmarks size it to their pairs). ``api_key``,
 ``rate_limit``, ``rate_window``, ``latency``, ``extras``, ``retry_after``, ``forbidden`` and
 ``faults`` are plain attributes that may be changed while serving. Also ``await sim.start()``
 / ``await sim.stop()``, and ``sim.send_date(campaign_id, send_id)``.

@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-window", type=float, default=3600.0, help="seconds")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
     parser.add_argument("--extras", action="store_true", help="serve undocumented fields")
+    parser.add_argument("--cache-size", type=int, default=4096, help="rendered bodies kept (default 4096)")
     parser.add_argument(
         "--anchor-date", type=date.fromisoformat, default=None, help="YYYY-MM-DD; default today"
     )
@@ -49,6 +50,7 @@ async def _serve(args: argparse.Namespace) -> None:
         extras=args.extras,
         host=args.host,
         port=args.port,
+        cache_size=args.cache_size,
     ) as sim:
         print(sim.url, flush=True)
         await stop.wait()
