@@ -13,7 +13,6 @@ Public surface (everything else is private and may change)::
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .api import BatchStream, export, export_async, make_plan, stream_batches
 from .config import ExportConfig
 from .errors import (
     AuthError,
@@ -31,17 +30,27 @@ from .pairs import Pair
 from .summary import ExportSummary
 
 if TYPE_CHECKING:
+    from .api import BatchStream, export, export_async, make_plan, stream_batches
     from .read import dataset, read_table
+
+#: Names whose modules load pyarrow and aiohttp, imported on first use: the command must choose
+#: Arrow's allocator before pyarrow loads (see :mod:`bulkexport.memory`), and reading back
+#: needs pyarrow.dataset (~7 MB resident), which an export never does.
+_LAZY = {
+    "BatchStream": "api", "export": "api", "export_async": "api", "make_plan": "api", "stream_batches": "api",
+    "dataset": "read", "read_table": "read",
+}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
-    # Reading back needs pyarrow.dataset (~7 MB resident); an export never does, so it is
-    # imported on first use.
-    if name in ("dataset", "read_table"):
-        from . import read
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bulkexport' has no attribute {name!r}")
+    from importlib import import_module
 
-        return getattr(read, name)
-    raise AttributeError(f"module 'bulkexport' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # once is enough
+    return value
 
 __all__ = [
     "ApiKey",

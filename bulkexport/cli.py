@@ -29,8 +29,6 @@ from typing import Any, NoReturn
 
 from . import env, memory
 from ._version import __version__
-from .api import export_async, make_plan
-from .demo import demo, print_hints
 from .errors import AuthError, BrazeUnavailable, ConfigError, RunInProgress, RunStopped, StorageError
 from .logs import setup_logging
 from .settings import add_export_options, resolve
@@ -139,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "demo":
+            from .demo import demo, print_hints  # after own_process: it loads pyarrow
+
             code = _finish(asyncio.run(demo(args)))
             print_hints(args.out)
             return code
@@ -257,6 +257,8 @@ def _library_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _run_export(settings: dict[str, Any], bar: _Bar | None) -> ExportSummary:
+    from .api import export_async  # after own_process: it loads pyarrow
+
     return await export_async(
         settings["pairs"],
         settings["out"],
@@ -269,6 +271,8 @@ async def _run_export(settings: dict[str, Any], bar: _Bar | None) -> ExportSumma
 
 
 def _dry_run(settings: dict[str, Any]) -> int:
+    from .api import make_plan  # after own_process: it loads pyarrow
+
     plan = make_plan(settings["pairs"], settings["out"], **_library_kwargs(settings))
     for line in plan.lines():
         print(line)

@@ -309,3 +309,38 @@ def test_the_command_owns_its_allocator_and_the_library_does_not(pool: str | Non
     library_pool, untrimmed, command_pool, trim_missing = out.stdout.split()
     assert (library_pool, untrimmed) == (pool or "mimalloc", "True")  # pyarrow's own default
     assert (command_pool, trim_missing) == (backend, "False")
+
+
+@pytest.mark.parametrize(("import_first", "loaded", "mimalloc_used"), [(False, "False", False), (True, "True", True)])
+def test_the_command_chooses_arrows_cxx_allocator_before_pyarrow_loads(
+    import_first: bool, loaded: str, mimalloc_used: bool
+) -> None:
+    """Arrow allocates some buffers from its C++ default pool, fixed when pyarrow loads (the IPC
+    writer's lz4, Parquet's encoders): importing the CLI must not load pyarrow, so that
+    ``own_process`` can make that pool the system allocator too, and must leave the environment
+    as it found it. Had something loaded pyarrow first (the second case), mimalloc serves them:
+    which is what the first case is measured against."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        ("import pyarrow\n" if import_first else "")
+        + "import os, sys, bulkexport.cli\n"
+        "from bulkexport import memory\n"
+        "loaded = 'pyarrow' in sys.modules\n"
+        "memory.own_process()\n"
+        "import pyarrow as pa, pyarrow.parquet as pq\n"
+        "t = pa.table({'n': list(range(100_000)), 's': [str(i) for i in range(100_000)]})\n"
+        "with pa.ipc.new_file(pa.BufferOutputStream(), t.schema,\n"
+        "                     options=pa.ipc.IpcWriteOptions(compression='lz4')) as w:\n"
+        "    w.write_table(t)\n"
+        "pq.write_table(t, pa.BufferOutputStream(), compression='zstd')\n"
+        "print(loaded, pa.mimalloc_memory_pool().max_memory(), pa.default_memory_pool().backend_name,\n"
+        "      os.environ.get('ARROW_DEFAULT_MEMORY_POOL', '-'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+    was_loaded, mimalloc_bytes, pool, variable = out.stdout.split()
+    assert (was_loaded, pool, variable) == (loaded, "system", "-")
+    assert (int(mimalloc_bytes) > 0) is mimalloc_used
