@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -102,6 +102,7 @@ class Staging:
 
     def write(self, seq: int, tables: dict[str, list[pa.RecordBatch]]) -> list[PartRecord]:
         """Write one staged file per table; return the records to commit with the pairs.
+        ``tables`` is emptied as its rows are written, so each table's rows can be freed.
 
         Final names at once: until the run state commits the records nothing refers to the
         files, and a crash leaves orphans. So durability costs one fsync per file and one
@@ -109,15 +110,11 @@ class Staging:
         """
         records: list[PartRecord] = []
         written = False
-        for name, batches in tables.items():
-            batches = [b for b in batches if b.num_rows]
-            if not batches:
+        for name in list(tables):
+            by_date = _sorted_by_date([b for b in tables.pop(name) if b.num_rows])
+            if by_date is None:
                 continue
-            # The one copy of the rows before Parquet: grouped by date (a take over the
-            # chunks, no concatenation first), then zero-copy slices, one batch per date.
-            table = pa.Table.from_batches(batches)
-            table = table.take(pc.sort_indices(table.column(DATE)))
-            counts = pc.value_counts(table.column(DATE))  # in order of appearance: ascending
+            table, counts = by_date
             file_name = self._layout.checkpoint(seq, name)
             path = self._layout.staging / file_name
             with storage_errors(f"write checkpoint {path}"):
@@ -127,18 +124,43 @@ class Staging:
                 ):
                     os.chmod(path, 0o600)  # created by Arrow with the umask's mode
                     offset = 0
-                    for index, entry in enumerate(counts.to_pylist()):
-                        day, rows = entry["values"], entry["counts"]
-                        (batch,) = table.slice(offset, rows).drop_columns([DATE]).to_batches()
+                    for index, (day, rows) in enumerate(counts):
+                        (batch,) = table.slice(offset, rows).to_batches()
                         offset += rows
                         writer.write_batch(batch)
                         records.append(PartRecord(seq, name, day.isoformat(), index, rows, file_name))
                 fsync_path(path)
+            del table  # this table's rows are on disk: free them before sorting the next
             written = True
         if written:
             with storage_errors(f"write checkpoint in {self._layout.staging}"):
                 fsync_path(self._layout.staging, directory=True)
         return records
+
+
+def _sorted_by_date(batches: list[pa.RecordBatch]) -> tuple[pa.Table, list[tuple[date, int]]] | None:
+    """The rows of ``batches`` grouped by date, without the date column (it becomes the
+    partition), and (date, rows) in ascending order; None without rows.
+
+    The one copy of the rows before Parquet, made a column at a time, each original column
+    dropped as soon as its copy exists: a checkpoint's peak is its rows plus one column, not
+    twice its rows (a typical checkpoint's send_stats is ~13 MB in 49 columns), for the same
+    work as one ``Table.take``.
+    """
+    if not batches:
+        return None
+    table = pa.Table.from_batches(batches)
+    batches.clear()
+    order = pc.sort_indices(table.column(DATE))
+    days = table.column(DATE).take(order)
+    counts = [(e["values"], e["counts"]) for e in pc.value_counts(days).to_pylist()]  # ascending
+    schema = table.schema.remove(table.schema.get_field_index(DATE))
+    columns = [table.column(n) for n in schema.names]
+    del table, days
+    for i, column in enumerate(columns):
+        columns[i] = column.take(order)
+        del column  # the last reference to the original column's chunks
+    return pa.Table.from_arrays(columns, schema=schema), counts
 
 
 class Checkpointer:
