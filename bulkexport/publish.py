@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
+from functools import partial
 from itertools import groupby
 from pathlib import Path
 
@@ -59,43 +62,111 @@ class ParquetPublisher:
         self._file_rows = file_rows  # rows per file, at most
 
     def publish(self, parts: Iterable[PartRecord], gen: int, on_file: OnFile) -> None:
-        """Compact ``parts`` (in (table, date, seq) order) into the dataset."""
+        """Compact ``parts`` (in (table, date, seq) order) into the dataset.
+
+        Partitions are written side by side, as many as the cores, while their buffers fit in
+        one row group's worth of rows between them: small partitions (a run of thousands of
+        pairs) share the cores, large ones (a row group each) take turns, so the peak memory is
+        a row group's whatever the run's size. File numbers are counted ahead from the rows, so
+        the names are the same whichever partition finishes first (a redone publish replaces
+        what an interrupted one left).
+        """
         counters: dict[str, int] = {}  # table -> next file number (shared across dates)
-        for (table, day), group in groupby(parts, key=lambda p: (p.table, p.date)):
-            directory = self._layout.partition(table, day)
-            with storage_errors(f"prepare {self._target.path(directory)}"):
-                self._target.clear_generation(directory, self._layout.part_prefix(gen))
-            writer = _PartitionWriter(self, directory, table, day, gen, counters, on_file)
-            try:
-                for part in group:
-                    # One batch per (file, table, date): each file is opened once per date and
-                    # closed before the next, so descriptors stay few.
-                    writer.add(self._staging.read(part))
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-            memory.trim()  # between partitions: the peak is one partition's, not the run's
+        budget = _RowBudget(self._row_group_rows)
+        with ThreadPoolExecutor(_THREADS, thread_name_prefix="bulkexport-publish") as pool:
+            running: set[Future[None]] = set()
+            for (table, day), grouped in groupby(parts, key=lambda p: (p.table, p.date)):
+                group = list(grouped)  # one partition's records: a few per checkpoint
+                rows = sum(p.rows for p in group)
+                first = counters.get(table, 0)
+                counters[table] = first + _files_for(rows, self._row_group_rows, self._file_rows)
+                need = min(rows, self._row_group_rows)
+                budget.acquire(need)
+                future = pool.submit(self._partition, table, day, group, gen, (first, counters[table]), on_file)
+                future.add_done_callback(partial(budget.release, need))
+                running.add(future)
+                for done in [f for f in running if f.done()]:
+                    running.discard(done)
+                    done.result()  # the first failure stops the publish; the rest finish first
+            for future in running:
+                future.result()
+
+    def _partition(self, table: str, day: str, group: list[PartRecord], gen: int, numbers: tuple[int, int],
+                   on_file: OnFile) -> None:  # fmt: skip
+        """Write one partition as files numbered ``numbers[0]`` up to ``numbers[1]``."""
+        directory = self._layout.partition(table, day)
+        with storage_errors(f"prepare {self._target.path(directory)}"):
+            self._target.clear_generation(directory, self._layout.part_prefix(gen))
+        writer = _PartitionWriter(self, directory, table, day, gen, numbers[0], on_file)
+        try:
+            for part in group:
+                # One batch per (file, table, date): each file is opened once per date and
+                # closed before the next, so descriptors stay few.
+                writer.add(self._staging.read(part))
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        if writer.next_number != numbers[1]:  # names would collide with the next partition's
+            raise RuntimeError(f"{directory}: files up to {writer.next_number}, {numbers[1]} counted ahead")
+        memory.trim()  # after each partition: the peak is a row group's, not the run's
+
+
+#: Partitions written at once, at most (Parquet encoding and zstd release the GIL).
+_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+class _RowBudget:
+    """Rows the partitions being written may buffer between them: a counting semaphore whose
+    permits are rows (a partition asks for its rows, at most a row group's)."""
+
+    __slots__ = ("_cond", "_free")
+
+    def __init__(self, rows: int) -> None:
+        self._free = rows
+        self._cond = threading.Condition()
+
+    def acquire(self, rows: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._free >= rows)
+            self._free -= rows
+
+    def release(self, rows: int, _done: object = None) -> None:
+        with self._cond:
+            self._free += rows
+            self._cond.notify_all()
+
+
+def _files_for(rows: int, row_group_rows: int, file_rows: int) -> int:
+    """How many files :class:`_PartitionWriter` makes of ``rows`` rows: row groups of
+    ``row_group_rows`` (the last one shorter), a new file when the next group would take the
+    open one past ``file_rows``."""
+    files = in_file = 0
+    full, last = divmod(rows, row_group_rows)
+    for size in [row_group_rows] * full + ([last] if last else []):
+        if not files or in_file + size > file_rows:
+            files, in_file = files + 1, 0
+        in_file += size
+    return files
 
 
 class _PartitionWriter:
     """Streams batches of one table and date into row-group-sized Parquet files."""
 
     __slots__ = (
-        "_buffer", "_buffered", "_counters", "_day", "_dir", "_file_rows", "_gen", "_on_file", "_path", "_pub",
+        "_buffer", "_buffered", "_day", "_dir", "_file_rows", "_gen", "_next", "_on_file", "_path", "_pub",
         "_table", "_tmp", "_writer",
     )  # fmt: skip
 
     def __init__(
-        self, pub: ParquetPublisher, directory: str, table: str, day: str, gen: int, counters: dict[str, int],
-        on_file: OnFile,
+        self, pub: ParquetPublisher, directory: str, table: str, day: str, gen: int, first: int, on_file: OnFile,
     ) -> None:  # fmt: skip
         self._pub = pub  # sizes, names, the target
         self._dir = directory  # the partition folder, relative to the target
         self._table = table  # table name
         self._day = day  # partition value
         self._gen = gen  # publish generation, part of file names
-        self._counters = counters  # table -> next file number
+        self._next = first  # the next file's number
         self._on_file = on_file  # called once a file is visible
         self._buffer: list[pa.RecordBatch] = []  # rows not yet written
         self._buffered = 0  # rows in _buffer
@@ -115,6 +186,10 @@ class _PartitionWriter:
             self._buffer = rest.to_batches()
             self._buffered = rest.num_rows
 
+    @property
+    def next_number(self) -> int:
+        return self._next
+
     def close(self) -> None:
         if self._buffered:
             self._write(pa.Table.from_batches(self._buffer))
@@ -127,9 +202,8 @@ class _PartitionWriter:
         if self._writer is not None and self._file_rows + table.num_rows > pub._file_rows:
             self._finish_file()
         if self._writer is None:
-            n = self._counters.get(self._table, 0)
-            self._counters[self._table] = n + 1
-            name = pub._layout.part(self._gen, n)
+            name = pub._layout.part(self._gen, self._next)
+            self._next += 1
             self._path = f"{self._dir}/{name}"
             with storage_errors(f"write {self._path}"):
                 self._tmp = pub._target.scratch(self._dir, pub._layout.run_dir) / f".{name}{TMP_SUFFIX}"
