@@ -239,8 +239,7 @@ class Exporter:
         elif staged:
             parts = state.unpublished_parts()
             await asyncio.to_thread(self._publisher.publish, parts, gen, lambda *f: files.append(f))
-        for f in files:
-            state.record_published(*f)
+        state.record_published(files)
         if files:
             log.info("published %d file(s) for run %s", len(files), self.cfg.run_id)
         return gen, staged

@@ -343,11 +343,12 @@ class RunState:
             yield Failure(*r)
 
     # -- publishing -------------------------------------------------------------------------
-    def record_published(self, path: str, table: str, date: str, rows: int, size: int) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO published(path, tbl, date, rows, bytes) VALUES (?, ?, ?, ?, ?)",
-            (path, table, date, rows, size),
-        )
+    def record_published(self, files: Iterable[tuple[str, str, str, int, int]]) -> None:
+        """(path, table, date, rows, bytes) of files a publish made visible, in one transaction
+        (one fsync, not one a file)."""
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO published(path, tbl, date, rows, bytes) VALUES (?, ?, ?, ?, ?)",
+                           files)  # fmt: skip
 
     def published(self) -> list[tuple[str, str, str, int, int]]:
         return list(self._db.execute("SELECT path, tbl, date, rows, bytes FROM published ORDER BY path"))

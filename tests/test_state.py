@@ -83,7 +83,7 @@ def test_publishing_reads_in_order_and_marks_a_generation(state: RunState) -> No
                      ("send_stats", "2026-11-27", 1), ("send_totals", "2026-11-27", 1)]  # fmt: skip
     assert [r.table for r in state.unpublished_parts(table="send_totals")] == ["send_totals"]
     assert state.staged_files() == {"a", "b"}
-    state.record_published("send_stats/date=2026-11-26/part-r-0-00000.parquet", "send_stats", "2026-11-26", 4, 900)
+    state.record_published([("send_stats/date=2026-11-26/part-r-0-00000.parquet", "send_stats", "2026-11-26", 4, 900)])
     state.mark_published(0)
     assert list(state.unpublished_parts()) == [] and state.staged_files() == set()
     assert state.get("published_gen") == 0
