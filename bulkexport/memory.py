@@ -12,11 +12,11 @@ allocators keep what they are given back:
   why nothing on the CLI's import path imports pyarrow) and restores the environment after.
 * glibc keeps what Python, SQLite, zstd and Arrow free in per-thread arenas, and the checkpoint
   and publish threads each get one: :func:`trim` hands it back after each checkpoint and
-  between partitions at publish, for about 0.02 ms of CPU a pair (the pages given back and
+  after each partition at publish, for about 0.02 ms of CPU a pair (the pages given back and
   taken again, in system time).
 
 Measured on a 10,000-pair export: 167-196 MB peak with neither, 141-147 MB with the trims and
-pyarrow's default alone, 124 MB with both defaults (100,000 pairs: 162-177 -> 133 MB).
+pyarrow's default alone, 122-125 MB with both defaults (100,000 pairs: 162-177 -> 133-138 MB).
 
 Both are decisions for the program that owns the process: the CLI calls :func:`own_process`;
 the library, imported by someone else's program, leaves its allocator alone and trims nothing.
