@@ -73,8 +73,10 @@ class ParquetPublisher:
         """
         counters: dict[str, int] = {}  # table -> next file number (shared across dates)
         budget = _RowBudget(self._row_group_rows)
-        with ThreadPoolExecutor(_THREADS, thread_name_prefix="bulkexport-publish") as pool:
-            running: set[Future[None]] = set()
+        failed = threading.Event()  # a partition failed: those not started yet are skipped
+        futures: list[Future[None]] = []
+        pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="bulkexport-publish")
+        try:
             for (table, day), grouped in groupby(parts, key=lambda p: (p.table, p.date)):
                 group = list(grouped)  # one partition's records: a few per checkpoint
                 rows = sum(p.rows for p in group)
@@ -82,18 +84,28 @@ class ParquetPublisher:
                 counters[table] = first + _files_for(rows, self._row_group_rows, self._file_rows)
                 need = min(rows, self._row_group_rows)
                 budget.acquire(need)
-                future = pool.submit(self._partition, table, day, group, gen, (first, counters[table]), on_file)
-                future.add_done_callback(partial(budget.release, need))
-                running.add(future)
-                for done in [f for f in running if f.done()]:
-                    running.discard(done)
-                    done.result()  # the first failure stops the publish; the rest finish first
-            for future in running:
-                future.result()
+                if failed.is_set():
+                    break
+                future = pool.submit(self._partition, table, day, group, gen, (first, counters[table]), on_file,
+                                     failed)  # fmt: skip
+                future.add_done_callback(partial(budget.settle, need, failed))
+                futures.append(future)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            # Partitions already being written finish (their files are complete, and a redone
+            # publish replaces them); after a failure, those not started yet are skipped.
+            pool.shutdown(wait=True)
+        for future in futures:
+            future.result()  # the first failure, in partition order
 
     def _partition(self, table: str, day: str, group: list[PartRecord], gen: int, numbers: tuple[int, int],
-                   on_file: OnFile) -> None:  # fmt: skip
-        """Write one partition as files numbered ``numbers[0]`` up to ``numbers[1]``."""
+                   on_file: OnFile, failed: threading.Event) -> None:  # fmt: skip
+        """Write one partition as files numbered ``numbers[0]`` up to ``numbers[1]``, unless
+        another partition has failed."""
+        if failed.is_set():
+            return
         directory = self._layout.partition(table, day)
         with storage_errors(f"prepare {self._target.path(directory)}"):
             self._target.clear_generation(directory, self._layout.part_prefix(gen))
@@ -131,23 +143,31 @@ class _RowBudget:
             self._cond.wait_for(lambda: self._free >= rows)
             self._free -= rows
 
-    def release(self, rows: int, _done: object = None) -> None:
+    def release(self, rows: int) -> None:
         with self._cond:
             self._free += rows
             self._cond.notify_all()
+
+    def settle(self, rows: int, failed: threading.Event, done: Future[None]) -> None:
+        """A partition's end: its rows back to the budget, after flagging its failure (so the
+        producer, woken by the rows, sees the flag)."""
+        if not done.cancelled() and done.exception() is not None:
+            failed.set()
+        self.release(rows)
 
 
 def _files_for(rows: int, row_group_rows: int, file_rows: int) -> int:
     """How many files :class:`_PartitionWriter` makes of ``rows`` rows: row groups of
     ``row_group_rows`` (the last one shorter), a new file when the next group would take the
-    open one past ``file_rows``."""
-    files = in_file = 0
+    open one past ``file_rows`` (so a file holds ``file_rows // row_group_rows`` full groups,
+    and the short one joins the last file if it still fits)."""
     full, last = divmod(rows, row_group_rows)
-    for size in [row_group_rows] * full + ([last] if last else []):
-        if not files or in_file + size > file_rows:
-            files, in_file = files + 1, 0
-        in_file += size
-    return files
+    if not full:
+        return 1 if last else 0
+    per_file = file_rows // row_group_rows  # at least 1: the configuration checks it
+    files = -(-full // per_file)
+    in_last = (full - (files - 1) * per_file) * row_group_rows
+    return files + (1 if last and in_last + last > file_rows else 0)
 
 
 class _PartitionWriter:
