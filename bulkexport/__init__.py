@@ -52,6 +52,10 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value  # once is enough
     return value
 
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "ApiKey",
     "AuthError",

@@ -344,3 +344,27 @@ def test_the_command_chooses_arrows_cxx_allocator_before_pyarrow_loads(
     was_loaded, mimalloc_bytes, pool, variable = out.stdout.split()
     assert (was_loaded, pool, variable) == (loaded, "system", "-")
     assert (int(mimalloc_bytes) > 0) is mimalloc_used
+
+
+def test_importing_the_package_loads_pyarrow_only_when_an_export_or_read_name_is_used() -> None:
+    """``import bulkexport`` stays light (the command must choose Arrow's allocator first), and
+    its public names still resolve, list and import as before; an unknown one is an
+    AttributeError. In a child process: pyarrow is already loaded here."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bulkexport\n"
+        "light = 'pyarrow' not in sys.modules\n"
+        "listed = {'export', 'export_async', 'make_plan', 'stream_batches', 'read_table'} <= set(dir(bulkexport))\n"
+        "try:\n"
+        "    bulkexport.no_such_name\n"
+        "    missing = 'resolved'\n"
+        "except AttributeError as exc:\n"
+        "    missing = str(exc)\n"
+        "from bulkexport import export, read_table\n"
+        "print(light, listed, export.__module__, read_table.__module__, 'pyarrow' in sys.modules, repr(missing))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    missing = "\"module 'bulkexport' has no attribute 'no_such_name'\"\n"
+    assert out.stdout.split(maxsplit=5) == ["True", "True", "bulkexport.api", "bulkexport.read", "True", missing]
