@@ -78,7 +78,7 @@ class Sizes:
 
 
 FULL = Sizes(e2e_pairs=6000, e2e_repeats=3, peer_repeats=1, stage_bodies=1024, stage_repeats=5,
-             writer_responses=4096, scale=(10_000, 100_000), paced_seconds=20.0)  # fmt: skip
+             writer_responses=4096, scale=(10_000, 100_000), paced_seconds=40.0)  # fmt: skip
 SMOKE = Sizes(e2e_pairs=200, e2e_repeats=1, peer_repeats=1, stage_bodies=64, stage_repeats=1,
               writer_responses=256, scale=(500, 2_000), paced_seconds=3.0)  # fmt: skip
 

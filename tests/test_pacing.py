@@ -10,6 +10,7 @@ request, the default 10% reserve, three hours long, nothing of the controller mo
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import math
 import random
@@ -273,3 +274,46 @@ def test_a_limit_lowered_with_budget_left_is_not_read_as_another_client() -> Non
     assert 0.98 * 90_000 <= spent <= 90_000 + ctrl.stats.max_in_flight
     assert ctrl.stats.pauses == 0 and braze.over_limit == []
     check_gaps(run.starts)
+
+
+def _bucket_excess(groups: list[tuple[float, int]], rate: float) -> float:
+    """The most starts any interval [t_i, t_j] held beyond ``rate x (t_j - t_i)``: what a
+    token bucket of that rate lets through at once. One pass: the excess ending at group j is
+    cum_j - rate t_j plus the best (rate t_i - cum_(i-1)) seen so far."""
+    best, cum, excess = -math.inf, 0, 0.0
+    for t, n in groups:
+        best = max(best, rate * t - cum)
+        cum += n
+        excess = max(excess, cum - rate * t + best)
+    return excess
+
+
+def test_at_the_default_pace_starts_go_out_a_burst_at_a_time_and_a_probe_alone() -> None:
+    """Braze's hour at the default pace (69.4/s, no reserve) for ten minutes, with 429 storms:
+    starts are granted ten at once (the burst) every 144 ms, not one every 14 ms, so the
+    process wakes a tenth as often for the same pace (``benchmarks/README.md``, paced). The
+    bucket still holds: no interval has more than the burst beyond the pace; the pace is the
+    pace; after each storm's pause the probe goes out alone and its answer comes first."""
+    storms = [(200.0, 201.0), (400.0, 401.0)]
+    braze = HourlyBraze(EPOCH, storms=storms)
+    latency = 0.05
+
+    async def scenario() -> tuple[VirtualRun, RateController]:
+        async with RateController(limit=LIMIT, window=HOUR, reserve=0.0, wall=braze.wall) as ctrl:
+            return await drive(ctrl, braze, seconds=600.0, latency=latency), ctrl
+
+    run, ctrl = run_virtual(scenario())
+    rate = LIMIT / HOUR
+    groups = sorted(collections.Counter(run.starts).items())  # starts granted at one instant
+    sizes = collections.Counter(n for _, n in groups)
+    assert max(sizes) == 10
+    assert sizes[10] * 10 >= 0.97 * len(run.starts), sizes
+    assert _bucket_excess(groups, rate) <= 10 + 1e-6
+    paused = ctrl.stats.paused_seconds
+    assert len(run.starts) == pytest.approx(rate * (600.0 - paused), rel=0.01)
+    assert ctrl.stats.pauses == 2 and ctrl.stats.probes == 2 and braze.storm_429 > 0
+    for _, end in storms:
+        after = [(t, n) for t, n in groups if t >= end]
+        (probe_at, probe_n), (next_at, _) = after[0], after[1]
+        assert probe_n == 1
+        assert next_at >= probe_at + latency  # nobody else started before its answer
