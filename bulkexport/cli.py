@@ -259,6 +259,7 @@ def _library_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
 async def _run_export(settings: dict[str, Any], bar: _Bar | None) -> ExportSummary:
     from .api import export_async  # after own_process: it loads pyarrow
 
+    memory.freeze_startup()  # the imports are done
     return await export_async(
         settings["pairs"],
         settings["out"],

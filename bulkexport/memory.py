@@ -18,18 +18,28 @@ allocators keep what they are given back:
 Measured on a 10,000-pair export: 167-196 MB peak with neither, 141-147 MB with the trims and
 pyarrow's default alone, 122-125 MB with both defaults (100,000 pairs: 162-177 -> 133-138 MB).
 
-Both are decisions for the program that owns the process: the CLI calls :func:`own_process`;
-the library, imported by someone else's program, leaves its allocator alone and trims nothing.
+* Python's cycle collector, every so many container allocations (each response's parsed JSON
+  is a few hundred), walks the young objects and now and then all of them, start-up's ~100,000
+  included (modules, functions, classes), though none of those will ever be garbage: the
+  command moves them out of its way with :func:`freeze_startup` once its imports are done.
+
+Both are decisions for the program that owns the process: the CLI calls :func:`own_process`
+and :func:`freeze_startup`; the library, imported by someone else's program, leaves its
+allocator and collector alone and trims nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
+import logging
 import os
 import sys
 from collections.abc import Callable
 
-__all__ = ["own_process", "trim"]
+__all__ = ["freeze_startup", "own_process", "trim"]
+
+log = logging.getLogger("bulkexport")
 
 _POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
 _trim: Callable[[int], int] | None = None  # glibc's malloc_trim, once the process is ours
@@ -62,3 +72,12 @@ def trim() -> None:
     """Give freed heap memory back to the OS, if the process is ours (see :func:`own_process`)."""
     if _trim is not None:
         _trim(0)
+
+
+def freeze_startup() -> None:
+    """Move every object alive now (start-up's) out of the cycle collector's reach: a full
+    collection then walks only what the run allocated. Measured at the default pace, steady CPU
+    of one core 4.7 -> 4.2 % (median of 4 runs, ``gc.freeze`` alone; raising the collection
+    threshold too saved nothing more)."""
+    gc.freeze()
+    log.debug("%d start-up objects moved out of the garbage collector's way", gc.get_freeze_count())

@@ -368,3 +368,23 @@ def test_importing_the_package_loads_pyarrow_only_when_an_export_or_read_name_is
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     missing = "\"module 'bulkexport' has no attribute 'no_such_name'\"\n"
     assert out.stdout.split(maxsplit=5) == ["True", "True", "bulkexport.api", "bulkexport.read", "True", missing]
+
+
+async def test_the_command_moves_start_up_objects_out_of_the_collectors_way(sim: Simulator, tmp_path: Path) -> None:
+    """The command freezes what its imports left (tens of thousands of objects), so a full
+    collection walks only the run's objects; the library, in someone else's process, does not
+    touch that process's collector."""
+    import gc
+
+    pairs = pairs_for(5)
+    out = tmp_path / "out"
+    code, _, stderr = await cli(*export_args(sim, _pairs_csv(tmp_path / "p.csv", pairs), out, "--log-level", "debug"))
+    assert code == 0, stderr
+    (line,) = [ln for ln in stderr.splitlines() if "start-up objects moved out of the garbage collector" in ln]
+    frozen = int(re.search(r"(\d+) start-up objects", line).group(1))  # type: ignore[union-attr]
+    assert frozen > 20_000
+    check_equal(out, sim, pairs)
+    before = gc.get_freeze_count()
+    summary = await run(sim, pairs, tmp_path / "library")
+    assert summary.pairs_done == 5
+    assert gc.get_freeze_count() == before
