@@ -14,6 +14,8 @@ bulkexport (that would put its imports on their bill):
   rest as above.
 * ``ceiling``: not a peer but the floor of the HTTP part: raw aiohttp, ``concurrency``
   workers, each body read and discarded.
+* ``paced``: the same raw loop at Braze's default pace, starts released one at a time or a
+  batch at a time: the floor of the paced target.
 * ``dlt``: dlt's ``rest_api`` source into its ``filesystem`` destination as Parquet, when
   dlt is installed (``pip install -e '.[bench-dlt]'``).
 
@@ -162,6 +164,47 @@ def child_ceiling(spec: dict[str, Any]) -> dict[str, Any]:
 
     asyncio.run(main())
     return {"pairs": len(pairs), "requests": len(pairs), "body_kb": received / max(len(pairs), 1) / 1000}
+
+
+def child_paced(spec: dict[str, Any]) -> dict[str, Any]:
+    """The floor of the paced target: raw aiohttp as in ``ceiling``, at ``rate`` requests a
+    second, ``batch`` starts released together every ``batch / rate`` seconds (1: one start
+    every 14.4 ms at Braze's default, as bulkexport granted them before ``97bb316``)."""
+    import aiohttp
+    from yarl import URL
+
+    pairs = read_pairs(spec["pairs_file"])
+    prefix = f"{spec['url']}/sends/data_series?length={spec['length']}&ending_at={quote(spec['ending_at'], safe='')}"
+    rate, batch = float(spec["rate"]), int(spec["batch"])
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        starts: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
+        connector = aiohttp.TCPConnector(limit=spec["concurrency"])
+        headers = {"Authorization": f"Bearer {spec['api_key']}"}
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+            async def worker() -> None:
+                while (pair := await starts.get()) is not None:
+                    url = URL(f"{prefix}&campaign_id={quote(pair[0], safe='')}&send_id={quote(pair[1], safe='')}",
+                              encoded=True)  # fmt: skip
+                    async with session.get(url) as resp:
+                        body = await resp.read()
+                        if resp.status != 200:
+                            raise RuntimeError(f"HTTP {resp.status}: {body[:200]!r}")
+
+            workers = [asyncio.ensure_future(worker()) for _ in range(spec["concurrency"])]
+            began = loop.time()
+            for i in range(0, len(pairs), batch):
+                await asyncio.sleep(max(0.0, began + i / rate - loop.time()))
+                for pair in pairs[i : i + batch]:
+                    starts.put_nowait(pair)
+            for _ in workers:
+                starts.put_nowait(None)
+            await asyncio.gather(*workers)
+
+    asyncio.run(main())
+    return {"pairs": len(pairs), "requests": len(pairs)}
 
 
 def child_dlt(spec: dict[str, Any]) -> dict[str, Any]:
@@ -334,6 +377,7 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "requests": child_requests,
     "aiohttp": child_aiohttp,
     "ceiling": child_ceiling,
+    "paced": child_paced,
     "dlt": child_dlt,
     "stages": child_stages,
 }

@@ -16,7 +16,7 @@ e2e      bulkexport's CLI vs the peers (sync requests, asyncio aiohttp, dlt) and
          ceiling, whole processes, against the simulator in its own process, 0 ms latency
 latency  bulkexport's CLI vs the raw aiohttp loop at 50 ms latency, same concurrency
 scale    peak RSS of the CLI from 10k to 100k pairs (1M with --with-1m)
-paced    CPU of the CLI at Braze's default pace (69.4 requests/s)
+paced    CPU of the CLI at Braze's default pace (69.4 requests/s), and of a raw aiohttp loop
 rate     rate control (rate_control.py, also runnable alone)
 
 Missed targets are reported, never an error: the exit code is non-zero only when something
@@ -141,11 +141,11 @@ class Bench:
         w.out["pairs"] = n
         return w
 
-    def child(self, kind: str, sim: SimulatorProcess, pairs: Path) -> Whole:
+    def child(self, kind: str, sim: SimulatorProcess, pairs: Path, **more: Any) -> Whole:
         name = self.name(kind)
         out = self.tmp / name
         spec = {"url": sim.url, "api_key": API_KEY, "pairs_file": str(pairs), "out": str(out), "length": LENGTH,
-                "ending_at": ENDING_AT, "concurrency": DEFAULT_CONCURRENCY}  # fmt: skip
+                "ending_at": ENDING_AT, "concurrency": DEFAULT_CONCURRENCY, **more}  # fmt: skip
         cmd = [sys.executable, str(HERE / "children.py"), kind, json.dumps(spec)]
         try:
             return run_whole(cmd, log_dir=self.logs, name=name, server=sim)
@@ -221,10 +221,20 @@ class Bench:
         return results
 
     def paced(self) -> dict[str, Any]:
+        """The CLI at the default pace, then the raw aiohttp loop at the same pace with starts
+        released one at a time and ten at a time: the floor the target is measured against."""
         n = max(1, round(DEFAULT_PACE * self.sizes.paced_seconds))
+        pairs = self.pairs_file(n)
         with SimulatorProcess(latency=0.05, rate_limit=DEFAULT_RATE_LIMIT) as sim:
-            w = self.cli(sim, self.pairs_file(n), n, rate_limit=None)  # the default limit, as a user runs it
-        return summarise(w)
+            w = self.cli(sim, pairs, n, rate_limit=None)  # the default limit, as a user runs it
+            out = summarise(w)
+            out["raw"] = {}
+            for batch in (1, 10):
+                wait_quiet()
+                raw = self.child("paced", sim, pairs, rate=DEFAULT_PACE, batch=batch)
+                out["raw"][batch] = {"wall": raw.wall, "cpu": raw.cpu, "steady_cpu_share": raw.steady_cpu_share(),
+                                     "peak_rss_mb": raw.peak_rss_mb, "requests": n}  # fmt: skip
+        return out
 
 
 def summarise(w: Whole) -> dict[str, Any]:

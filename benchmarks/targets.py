@@ -61,7 +61,7 @@ TARGETS: tuple[Target, ...] = (
            0.9, operator.ge),
     Target("paced_cpu_pct", "CPU of one core at the default pace",
            f"bulkexport's CLI at Braze's default {DEFAULT_RATE_LIMIT:,}/h with --reserve 0 "
-           f"({DEFAULT_PACE:.1f} requests/s), simulator enforcing the same limit at 50 ms latency, ~20 s",
+           f"({DEFAULT_PACE:.1f} requests/s), simulator enforcing the same limit at 50 ms latency, ~40 s",
            "< 3 %",
            "steady state: CPU seconds sampled from /proc between 25 % and 95 % of the wall, over that "
            "span (the whole-process share, start-up included, is shown beside it)",
