@@ -19,7 +19,7 @@ Measured on a 10,000-pair export: 167-196 MB peak with neither, 141-147 MB with 
 pyarrow's default alone, 122-125 MB with both defaults (100,000 pairs: 162-177 -> 133-138 MB).
 
 * Python's cycle collector, every so many container allocations (each response's parsed JSON
-  is a few hundred), walks the young objects and now and then all of them, start-up's ~100,000
+  is a few hundred), walks the young objects and now and then all of them, start-up's ~45,000
   included (modules, functions, classes), though none of those will ever be garbage: the
   command moves them out of its way with :func:`freeze_startup` once its imports are done.
 
