@@ -133,32 +133,46 @@ def child_aiohttp(spec: dict[str, Any]) -> dict[str, Any]:
     return {"pairs": len(pairs), "requests": len(pairs), **write_tables(spec["out"], stats, totals)}
 
 
-def child_ceiling(spec: dict[str, Any]) -> dict[str, Any]:
-    """Raw aiohttp: ``concurrency`` workers over prebuilt URLs, bodies read and discarded."""
+def _raw_session(spec: dict[str, Any]) -> Any:
+    """The raw aiohttp session of ``ceiling`` and ``paced``: the key, ``concurrency`` connections."""
     import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=spec["concurrency"])
+    return aiohttp.ClientSession(connector=connector, headers={"Authorization": f"Bearer {spec['api_key']}"})
+
+
+def _raw_getter(spec: dict[str, Any]) -> Callable[[Any, str, str], Any]:
+    """``await get(session, campaign_id, send_id)``: one request, the body read, its length
+    returned (a non-200 raises)."""
     from yarl import URL
 
-    pairs = read_pairs(spec["pairs_file"])
     prefix = f"{spec['url']}/sends/data_series?length={spec['length']}&ending_at={quote(spec['ending_at'], safe='')}"
+
+    async def get(session: Any, cid: str, sid: str) -> int:
+        url = URL(f"{prefix}&campaign_id={quote(cid, safe='')}&send_id={quote(sid, safe='')}", encoded=True)
+        async with session.get(url) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}: {body[:200]!r}")
+            return len(body)
+
+    return get
+
+
+def child_ceiling(spec: dict[str, Any]) -> dict[str, Any]:
+    """Raw aiohttp: ``concurrency`` workers over prebuilt URLs, bodies read and discarded."""
+    pairs = read_pairs(spec["pairs_file"])
+    get = _raw_getter(spec)
     received = 0
 
     async def main() -> None:
-        nonlocal received
-        connector = aiohttp.TCPConnector(limit=spec["concurrency"])
-        headers = {"Authorization": f"Bearer {spec['api_key']}"}
-        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        async with _raw_session(spec) as session:
             it = iter(pairs)
 
             async def worker() -> None:
                 nonlocal received
                 for cid, sid in it:
-                    url = URL(f"{prefix}&campaign_id={quote(cid, safe='')}&send_id={quote(sid, safe='')}",
-                              encoded=True)  # fmt: skip
-                    async with session.get(url) as resp:
-                        body = await resp.read()
-                        if resp.status != 200:
-                            raise RuntimeError(f"HTTP {resp.status}: {body[:200]!r}")
-                        received += len(body)
+                    received += await get(session, cid, sid)
 
             await asyncio.gather(*(worker() for _ in range(spec["concurrency"])))
 
@@ -170,28 +184,18 @@ def child_paced(spec: dict[str, Any]) -> dict[str, Any]:
     """The floor of the paced target: raw aiohttp as in ``ceiling``, at ``rate`` requests a
     second, ``batch`` starts released together every ``batch / rate`` seconds (1: one start
     every 14.4 ms at Braze's default, as bulkexport granted them before ``97bb316``)."""
-    import aiohttp
-    from yarl import URL
-
     pairs = read_pairs(spec["pairs_file"])
-    prefix = f"{spec['url']}/sends/data_series?length={spec['length']}&ending_at={quote(spec['ending_at'], safe='')}"
+    get = _raw_getter(spec)
     rate, batch = float(spec["rate"]), int(spec["batch"])
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         starts: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
-        connector = aiohttp.TCPConnector(limit=spec["concurrency"])
-        headers = {"Authorization": f"Bearer {spec['api_key']}"}
-        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        async with _raw_session(spec) as session:
 
             async def worker() -> None:
                 while (pair := await starts.get()) is not None:
-                    url = URL(f"{prefix}&campaign_id={quote(pair[0], safe='')}&send_id={quote(pair[1], safe='')}",
-                              encoded=True)  # fmt: skip
-                    async with session.get(url) as resp:
-                        body = await resp.read()
-                        if resp.status != 200:
-                            raise RuntimeError(f"HTTP {resp.status}: {body[:200]!r}")
+                    await get(session, *pair)
 
             workers = [asyncio.ensure_future(worker()) for _ in range(spec["concurrency"])]
             began = loop.time()
