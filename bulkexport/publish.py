@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import memory
-from .checkpoint import Staging
+from .checkpoint import StagedFiles, Staging
 from .layout import RunLayout
 from .schema import TABLES
 from .state import PartRecord
@@ -75,6 +75,7 @@ class ParquetPublisher:
         budget = _RowBudget(self._row_group_rows)
         failed = threading.Event()  # a partition failed: those not started yet are skipped
         futures: list[Future[None]] = []
+        readers = _ThreadReaders(self._staging)
         pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="bulkexport-publish")
         try:
             for (table, day), grouped in groupby(parts, key=lambda p: (p.table, p.date)):
@@ -87,7 +88,7 @@ class ParquetPublisher:
                 if failed.is_set():
                     break
                 future = pool.submit(self._partition, table, day, group, gen, (first, counters[table]), on_file,
-                                     failed)  # fmt: skip
+                                     failed, readers)  # fmt: skip
                 future.add_done_callback(partial(budget.settle, need, failed))
                 futures.append(future)
         except BaseException:
@@ -97,11 +98,12 @@ class ParquetPublisher:
             # Partitions already being written finish (their files are complete, and a redone
             # publish replaces them); after a failure, those not started yet are skipped.
             pool.shutdown(wait=True)
+            readers.close()
         for future in futures:
             future.result()  # the first failure, in partition order
 
     def _partition(self, table: str, day: str, group: list[PartRecord], gen: int, numbers: tuple[int, int],
-                   on_file: OnFile, failed: threading.Event) -> None:  # fmt: skip
+                   on_file: OnFile, failed: threading.Event, readers: _ThreadReaders) -> None:  # fmt: skip
         """Write one partition as files numbered ``numbers[0]`` up to ``numbers[1]``, unless
         another partition has failed."""
         if failed.is_set():
@@ -110,11 +112,10 @@ class ParquetPublisher:
         with storage_errors(f"prepare {self._target.path(directory)}"):
             self._target.clear_generation(directory, self._layout.part_prefix(gen))
         writer = _PartitionWriter(self, directory, table, day, gen, numbers[0], on_file)
+        staged = readers.mine()
         try:
             for part in group:
-                # One batch per (file, table, date): each file is opened once per date and
-                # closed before the next, so descriptors stay few.
-                writer.add(self._staging.read(part))
+                writer.add(staged.read(part))  # one batch per (file, table, date)
             writer.close()
         except BaseException:
             writer.abort()
@@ -126,6 +127,35 @@ class ParquetPublisher:
 
 #: Partitions written at once, at most (Parquet encoding and zstd release the GIL).
 _THREADS = max(1, min(4, os.cpu_count() or 1))
+#: Staged files each publishing thread keeps open (see StagedFiles): every file of a run of
+#: up to ~60,000 typical pairs, and at most 512 descriptors between the threads.
+_KEEP_OPEN = 128
+
+
+class _ThreadReaders:
+    """One :class:`StagedFiles` per publishing thread, all closed at the end of the publish."""
+
+    __slots__ = ("_all", "_local", "_lock", "_staging")
+
+    def __init__(self, staging: Staging) -> None:
+        self._staging = staging
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[StagedFiles] = []
+
+    def mine(self) -> StagedFiles:
+        files: StagedFiles | None = getattr(self._local, "files", None)
+        if files is None:
+            files = self._local.files = self._staging.files(_KEEP_OPEN)
+            with self._lock:
+                self._all.append(files)
+        return files
+
+    def close(self) -> None:
+        with self._lock:
+            for files in self._all:
+                files.close()
+            self._all.clear()
 
 
 class _RowBudget:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bulkexport import publish
-from bulkexport.checkpoint import Staging
+from bulkexport.checkpoint import StagedFiles, Staging
 from bulkexport.flatten import Flattener
 from bulkexport.layout import RunLayout
 from bulkexport.publish import ParquetPublisher, _files_for
@@ -119,13 +119,13 @@ def test_partitions_side_by_side_buffer_at_most_a_row_group(tmp_path: Path, monk
     the peak memory of a publish is a row group's. Partitions that fit a group together run
     together (reads are slowed so that they overlap), larger ones take turns."""
     staging, layout, parts = _staged(tmp_path, pairs_for(80), per_checkpoint=10)
-    real_read = Staging.read
+    real_read = StagedFiles.read
 
-    def slow_read(self: Staging, part: PartRecord) -> Any:
+    def slow_read(self: StagedFiles, part: PartRecord) -> Any:
         time.sleep(0.01)
         return real_read(self, part)
 
-    monkeypatch.setattr(Staging, "read", slow_read)
+    monkeypatch.setattr(StagedFiles, "read", slow_read)
     lock = threading.Lock()
     in_use = [0, 0]  # now, most
 
@@ -156,22 +156,85 @@ def test_partitions_side_by_side_buffer_at_most_a_row_group(tmp_path: Path, monk
 def test_a_failing_partition_fails_the_publish_and_nothing_after_it_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first partition's staged file is unreadable (slowly: by then every other partition
-    is queued): the publish raises that error, that partition leaves no file, visible or
-    temporary, and the queued partitions are dropped rather than written after it."""
+    """The first partition's second staged file is unreadable (slowly: by then every other
+    partition is queued): the publish raises that error, that partition leaves no file,
+    visible or temporary, the queued partitions are dropped rather than written after it, and
+    the staged file it read before is closed."""
     staging, layout, parts = _staged(tmp_path, pairs_for(30), per_checkpoint=10)
-    bad = parts[0]
-    real_read = Staging.read
+    bad = parts[1]  # the first partition's second part: its first file is open by then
+    assert (bad.table, bad.date) == (parts[0].table, parts[0].date)
+    real_read = StagedFiles.read
 
-    def read(self: Staging, part: PartRecord) -> Any:
+    def read(self: StagedFiles, part: PartRecord) -> Any:
         if part == bad:
             time.sleep(0.3)
             raise OSError(28, "No space left on device")
         return real_read(self, part)
 
-    monkeypatch.setattr(Staging, "read", read)
+    monkeypatch.setattr(StagedFiles, "read", read)
+    alive: list[StagedFiles] = []
+
+    class Kept(publish._ThreadReaders):
+        def mine(self) -> StagedFiles:
+            alive.append(super().mine())
+            return alive[-1]
+
+    monkeypatch.setattr(publish, "_ThreadReaders", Kept)
     monkeypatch.setattr(publish, "_THREADS", 1)
     with pytest.raises(OSError, match="No space left"):
         _publish(tmp_path, staging, layout, parts, row_group_rows=1_000_000, file_rows=1_000_000)
     assert len({(p.table, p.date) for p in parts}) > 10
     assert [p for p in tmp_path.rglob("*") if p.is_file() and ".parquet" in p.name] == []
+    assert len(alive) == 1 and _open_staged(layout) == []
+
+
+def _open_staged(layout: RunLayout) -> list[str]:
+    """Staged files this process holds open (Linux: its descriptors' targets)."""
+    fds = Path("/proc/self/fd")
+    found = []
+    for fd in fds.iterdir():
+        try:
+            target = (fds / fd.name).readlink()
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.parent == layout.staging.resolve():
+            found.append(target.name)
+    return sorted(found)
+
+
+def test_staged_files_kept_open_read_what_a_fresh_open_reads_and_stay_bounded(tmp_path: Path) -> None:
+    """Every staged batch read through :class:`StagedFiles` equals the one a fresh open reads
+    (``Staging.read``), whether its file is kept open or opened for that read; at most
+    ``keep`` files are open in between, none after ``close``."""
+    staging, layout, parts = _staged(tmp_path, pairs_for(40), per_checkpoint=8)
+    files = sorted({p.file for p in parts})
+    assert len(files) == 10  # 5 checkpoints x 2 tables
+    reader = staging.files(keep=3)
+    for part in parts:  # publishing order: every file once per date
+        assert reader.read(part).equals(staging.read(part)), part
+        assert len(_open_staged(layout)) <= 3
+    kept = _open_staged(layout)
+    assert len(kept) == 3 and set(kept) <= set(files)
+    reader.close()
+    assert _open_staged(layout) == []
+
+
+def test_a_publish_closes_every_staged_file_it_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two threads keeping files open, a publish ends with no staged file open (closed,
+    not left to the garbage collector: the readers are kept alive here), and writes every
+    staged row."""
+    staging, layout, parts = _staged(tmp_path, pairs_for(40), per_checkpoint=8)
+    alive: list[StagedFiles] = []
+
+    class Kept(publish._ThreadReaders):
+        def mine(self) -> StagedFiles:
+            files = super().mine()
+            alive.append(files)
+            return files
+
+    monkeypatch.setattr(publish, "_ThreadReaders", Kept)
+    monkeypatch.setattr(publish, "_THREADS", 2)
+    out = _publish(tmp_path, staging, layout, parts, row_group_rows=1_000, file_rows=10_000)
+    assert sum(rows for rows, _, _ in out.values()) == sum(p.rows for p in parts)
+    assert len(alive) == len({(p.table, p.date) for p in parts})  # one reader asked per partition
+    assert _open_staged(layout) == []
