@@ -54,6 +54,10 @@ _MAX_LOGGED_UNKNOWN = 50  # distinct unknown field names logged before we go qui
 #: publisher already writes partitions side by side, and staging runs beside the event loop.
 _IPC_WRITE = pa.ipc.IpcWriteOptions(compression="lz4", use_threads=False)
 _IPC_READ = pa.ipc.IpcReadOptions(use_threads=False)
+#: The IPC writer writes every buffer of every column separately (about 150 writes for a
+#: batch of our 48 columns): through a buffer they become a few large writes. A staged file
+#: of 15 batches: 19.9 -> 14.8 ms of CPU at 2,400 rows a batch, 3.9 -> 1.4 ms at 40.
+_WRITE_BUFFER = 1 << 20
 
 Failure = tuple[int, int | None, str, int, str]  # (pair id, status, reason, attempts, when)
 
@@ -129,7 +133,8 @@ class Staging:
             path = self._layout.staging / file_name
             with storage_errors(f"write checkpoint {path}"):
                 with (
-                    pa.OSFile(str(path), "wb") as sink,
+                    pa.OSFile(str(path), "wb") as raw,
+                    pa.BufferedOutputStream(raw, _WRITE_BUFFER) as sink,
                     pa.ipc.new_file(sink, TABLES[name], options=_IPC_WRITE) as writer,
                 ):
                     os.chmod(path, 0o600)  # created by Arrow with the umask's mode
