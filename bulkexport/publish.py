@@ -73,9 +73,9 @@ class ParquetPublisher:
         """
         counters: dict[str, int] = {}  # table -> next file number (shared across dates)
         budget = _RowBudget(self._row_group_rows)
-        failed = threading.Event()  # a partition failed: those not started yet are skipped
+        shared = _Shared(self._staging, self._row_group_rows)
+        failed = shared.failed  # a partition failed: those not started yet are skipped
         futures: list[Future[None]] = []
-        readers = _ThreadReaders(self._staging)
         pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="bulkexport-publish")
         try:
             for (table, day), grouped in groupby(parts, key=lambda p: (p.table, p.date)):
@@ -88,7 +88,7 @@ class ParquetPublisher:
                 if failed.is_set():
                     break
                 future = pool.submit(self._partition, table, day, group, gen, (first, counters[table]), on_file,
-                                     failed, readers)  # fmt: skip
+                                     shared)  # fmt: skip
                 future.add_done_callback(partial(budget.settle, need, failed))
                 futures.append(future)
         except BaseException:
@@ -98,21 +98,21 @@ class ParquetPublisher:
             # Partitions already being written finish (their files are complete, and a redone
             # publish replaces them); after a failure, those not started yet are skipped.
             pool.shutdown(wait=True)
-            readers.close()
+            shared.close()
         for future in futures:
             future.result()  # the first failure, in partition order
 
     def _partition(self, table: str, day: str, group: list[PartRecord], gen: int, numbers: tuple[int, int],
-                   on_file: OnFile, failed: threading.Event, readers: _ThreadReaders) -> None:  # fmt: skip
+                   on_file: OnFile, shared: _Shared) -> None:  # fmt: skip
         """Write one partition as files numbered ``numbers[0]`` up to ``numbers[1]``, unless
         another partition has failed."""
-        if failed.is_set():
+        if shared.failed.is_set():
             return
         directory = self._layout.partition(table, day)
         with storage_errors(f"prepare {self._target.path(directory)}"):
             self._target.clear_generation(directory, self._layout.part_prefix(gen))
         writer = _PartitionWriter(self, directory, table, day, gen, numbers[0], on_file)
-        staged = readers.mine()
+        staged = shared.files()
         try:
             for part in group:
                 writer.add(staged.read(part))  # one batch per (file, table, date)
@@ -122,7 +122,7 @@ class ParquetPublisher:
             raise
         if writer.next_number != numbers[1]:  # names would collide with the next partition's
             raise RuntimeError(f"{directory}: files up to {writer.next_number}, {numbers[1]} counted ahead")
-        memory.trim()  # after each partition: the peak is a row group's, not the run's
+        shared.written(sum(p.rows for p in group))
 
 
 #: Partitions written at once, at most (Parquet encoding and zstd release the GIL).
@@ -132,24 +132,48 @@ _THREADS = max(1, min(4, os.cpu_count() or 1))
 _KEEP_OPEN = 128
 
 
-class _ThreadReaders:
-    """One :class:`StagedFiles` per publishing thread, all closed at the end of the publish."""
+class _Shared:
+    """What the partitions of one publish share: the flag a failed partition raises, one
+    :class:`StagedFiles` per publishing thread (all closed at the end), and the count of rows
+    written since freed memory was last handed back.
 
-    __slots__ = ("_all", "_local", "_lock", "_staging")
+    Memory goes back to the OS (:func:`memory.trim`) once a row group's worth of rows has
+    been written since the last time: after every partition of a large run (each holds a row
+    group at a time), every few partitions of a small one. Trimming after every small
+    partition cost more than writing it: the trim walks every arena, and the next partition
+    faults its pages back in (a 4,000-pair publish, 30 partitions: 0.25-0.28 s with a trim
+    after each, 0.18-0.19 s without).
+    """
 
-    def __init__(self, staging: Staging) -> None:
+    __slots__ = ("_all", "_local", "_lock", "_since_trim", "_staging", "_trim_every", "failed")
+
+    def __init__(self, staging: Staging, trim_every: int) -> None:
+        self.failed = threading.Event()
         self._staging = staging
+        self._trim_every = trim_every  # rows
+        self._since_trim = 0  # rows written since the last trim
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[StagedFiles] = []
 
-    def mine(self) -> StagedFiles:
+    def files(self) -> StagedFiles:
+        """This thread's staged files."""
         files: StagedFiles | None = getattr(self._local, "files", None)
         if files is None:
             files = self._local.files = self._staging.files(_KEEP_OPEN)
             with self._lock:
                 self._all.append(files)
         return files
+
+    def written(self, rows: int) -> None:
+        """A partition of ``rows`` rows is written (its buffers freed)."""
+        with self._lock:
+            self._since_trim += rows
+            due = self._since_trim >= self._trim_every
+            if due:
+                self._since_trim = 0
+        if due:
+            memory.trim()
 
     def close(self) -> None:
         with self._lock:

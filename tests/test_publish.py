@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, date, datetime
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -174,12 +175,12 @@ def test_a_failing_partition_fails_the_publish_and_nothing_after_it_starts(
     monkeypatch.setattr(StagedFiles, "read", read)
     alive: list[StagedFiles] = []
 
-    class Kept(publish._ThreadReaders):
-        def mine(self) -> StagedFiles:
-            alive.append(super().mine())
+    class Kept(publish._Shared):
+        def files(self) -> StagedFiles:
+            alive.append(super().files())
             return alive[-1]
 
-    monkeypatch.setattr(publish, "_ThreadReaders", Kept)
+    monkeypatch.setattr(publish, "_Shared", Kept)
     monkeypatch.setattr(publish, "_THREADS", 1)
     with pytest.raises(OSError, match="No space left"):
         _publish(tmp_path, staging, layout, parts, row_group_rows=1_000_000, file_rows=1_000_000)
@@ -226,15 +227,36 @@ def test_a_publish_closes_every_staged_file_it_opened(tmp_path: Path, monkeypatc
     staging, layout, parts = _staged(tmp_path, pairs_for(40), per_checkpoint=8)
     alive: list[StagedFiles] = []
 
-    class Kept(publish._ThreadReaders):
-        def mine(self) -> StagedFiles:
-            files = super().mine()
+    class Kept(publish._Shared):
+        def files(self) -> StagedFiles:
+            files = super().files()
             alive.append(files)
             return files
 
-    monkeypatch.setattr(publish, "_ThreadReaders", Kept)
+    monkeypatch.setattr(publish, "_Shared", Kept)
     monkeypatch.setattr(publish, "_THREADS", 2)
     out = _publish(tmp_path, staging, layout, parts, row_group_rows=1_000, file_rows=10_000)
     assert sum(rows for rows, _, _ in out.values()) == sum(p.rows for p in parts)
     assert len(alive) == len({(p.table, p.date) for p in parts})  # one reader asked per partition
     assert _open_staged(layout) == []
+
+
+def test_memory_goes_back_once_a_row_group_of_rows_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partitions at least a row group large trim after each; smaller ones every time their
+    rows since the last trim reach a row group (one thread: partitions end in order)."""
+    staging, layout, parts = _staged(tmp_path, pairs_for(40), per_checkpoint=8)
+    sizes = [sum(p.rows for p in g) for _, g in groupby(parts, key=lambda p: (p.table, p.date))]
+    assert len(sizes) == 30 and min(sizes) > 10
+    trims: list[int] = []
+    monkeypatch.setattr(publish.memory, "trim", lambda: trims.append(1))
+    monkeypatch.setattr(publish, "_THREADS", 1)
+    _publish(tmp_path, staging, layout, parts, row_group_rows=min(sizes), file_rows=10 * max(sizes))
+    assert len(trims) == 30  # every partition holds at least a row group
+    trims.clear()
+    group = sum(sizes) // 4
+    _publish(tmp_path, staging, layout, parts, row_group_rows=group, file_rows=10 * group)
+    # By hand, partitions of 76, 84, 97, 98, 106, 120 | 127, 137, 153, 153 | 133, 141, 128,
+    # 128, 117 | then the totals' 13-37 rows (411 in all) of 2,209, trimming at 552:
+    assert sizes[:15] == [76, 84, 97, 98, 106, 120, 127, 137, 153, 153, 133, 141, 128, 128, 117]
+    assert (sum(sizes), group, sum(sizes[15:])) == (2209, 552, 411)
+    assert len(trims) == 3
