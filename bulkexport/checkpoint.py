@@ -103,12 +103,8 @@ class Staging:
                 (self._layout.staging / name).unlink(missing_ok=True)
 
     def read(self, part: PartRecord) -> pa.RecordBatch:
-        """One staged batch, memory-mapped (lz4: cheap to read back)."""
-        with (
-            storage_errors(f"read checkpoint {part.file}"),
-            pa.memory_map(str(self._layout.staging / part.file)) as source,
-        ):
-            return pa.ipc.open_file(source, options=_IPC_READ).get_batch(part.batch)
+        """One staged batch, its file opened for this read only."""
+        return self.files(0).read(part)
 
     def files(self, keep: int) -> StagedFiles:
         """A reader that keeps up to ``keep`` staged files open (one per thread)."""
