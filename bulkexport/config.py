@@ -36,9 +36,6 @@ DEFAULT_WINDOW = 3600.0
 DEFAULT_LENGTH = 15
 #: Share of each window's budget left untouched for production traffic (see README).
 DEFAULT_RESERVE = 0.10
-#: Requests allowed at once above the steady pace: small, so a start or a resume after a
-#: pause does not spend seconds of budget in one instant.
-DEFAULT_BURST = 10
 #: How long an outage (nothing but timeouts, refused connections and 5xx, from every pair) is
 #: ridden out before the run stops, resumable: long enough for a deploy or a load balancer's
 #: failover, short enough that a nightly job does not hold its slot for an hour of nothing.
@@ -97,7 +94,6 @@ _RANGES: dict[str, tuple[type, float, float, bool]] = {
     "window": (float, 0.0, _DAY, True),
     "share": (float, 0.0, 1.0, True),
     "reserve": (float, 0.0, 0.999, False),
-    "burst": (int, 1, 1_000_000, False),
     "concurrency": (int, 1, 1024, False),
     "max_pause": (float, 0.0, _DAY, True),
     "max_outage": (float, 0.0, _DAY, True),
@@ -132,7 +128,9 @@ class ExportConfig:
     window: float = DEFAULT_WINDOW
     share: float = 1.0
     reserve: float = DEFAULT_RESERVE
-    burst: int = DEFAULT_BURST
+    #: most requests started at once; None: a second of the pace (69 at Braze's default), at
+    #: least limiter.MIN_BURST (see limiter.py: fewer wake-ups, less CPU at the same pace)
+    burst: int | None = None
     max_rate: float | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     max_pause: float = DEFAULT_WINDOW + 60.0
@@ -227,6 +225,10 @@ class ExportConfig:
             _check_number(name, getattr(self, name), kind, low, high, low_open=low_open)
         if self.max_rate is not None:
             _check_number("max_rate", self.max_rate, float, 0.0, 1_000_000.0, low_open=True)
+        if self.burst is not None:
+            _check_number("burst", self.burst, int, 1, 1_000_000)
+            if self.burst > self.rate_limit:
+                raise ConfigError("burst must not exceed the rate limit")
         for name in ("overwrite", "ending_at_default"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -242,8 +244,6 @@ class ExportConfig:
                 raise ConfigError(f"{name} must be a non-empty string, got {type(value).__name__}")
             if value is not None and self.table_format != "iceberg":
                 raise ConfigError(f"{name} is an Iceberg setting; it needs table_format iceberg")
-        if self.burst > self.rate_limit:
-            raise ConfigError("burst must not exceed the rate limit")
         if self.file_rows < self.row_group_rows:
             raise ConfigError("file_rows must be at least row_group_rows")
         if self.rate < 1 / _HOUR:

@@ -1,13 +1,13 @@
 """When each request may start: one dispatcher, deciding every start at that moment.
 
 Workers ask :meth:`RateController.acquire` for a start and queue up (FIFO). A single
-dispatcher grants starts from the *current* state, a small batch at a time (a quarter second
-of the pace, at most the burst: ten every 144 ms at Braze's default, rather than one every
-14 ms, which woke the process for each request), so a change of pace (feedback from headers,
-a learnt limit or window, a pause, a reset) reaches every waiting worker within one batch:
-nobody has committed to an old pace, nobody owes a debt across a reset, no waiter is
-stranded. Its waits are cut short by news (a learnt window, a new window's budget, a probe's
-answer) and re-read at least every second and at every reset.
+dispatcher grants starts from the *current* state, a batch at a time (a second of the pace:
+69 at once every second at Braze's default, rather than one every 14 ms, which woke the
+process for each request), so a change of pace (feedback from headers, a learnt limit or
+window, a pause, a reset) reaches every waiting worker within one batch: nobody has committed
+to an old pace, nobody owes a debt across a reset, no waiter is stranded. Its waits are cut
+short by news (a learnt window, a new window's budget, a probe's answer) and re-read at least
+every second and at every reset.
 
 Before each start the dispatcher checks, in order:
 
@@ -22,8 +22,9 @@ Before each start the dispatcher checks, in order:
 3. **The window's budget** (:class:`~bulkexport.budget.WindowBudget`): below the ceiling,
    starts are spaced at the pace that spreads what is left until the reset.
 4. **The ceiling**, ``share x limit / window``: an aiolimiter bucket,
-   ``AsyncLimiter(burst, burst / rate)``: ``rate`` a second with room for ``burst``, never an
-   hour's budget at once.
+   ``AsyncLimiter(burst, burst / rate)``: ``rate`` a second with room for ``burst`` (by
+   default a batch: a second of the pace, at least :data:`MIN_BURST`), never an hour's budget
+   at once.
 
 Time is injectable: waits use the event loop's clock, reset headers are compared with
 ``wall()`` (``time.time`` by default), so tests drive hours of Braze time in a virtual-time loop.
@@ -48,14 +49,18 @@ from .errors import BrazeUnavailable
 from .outage import Outage
 from .pauses import Alarm, Pauses, Ticket
 
-__all__ = ["RateController", "RateStats", "Ticket", "retry_after_seconds"]
+__all__ = ["MIN_BURST", "RateController", "RateStats", "Ticket", "retry_after_seconds"]
 
 #: Starts are granted in batches of up to this many seconds' worth of the pace (and at most
 #: the burst): see :meth:`RateController._batch`. A batch spans at most this share of the
 #: window too, since its tail is what a batch can leave unspent at a reset: nothing on Braze's
-#: hour (0.25 s of 3,600), but a compressed 2-second window is paced start by start.
-_TICK = 0.25
+#: hour (1 s of 3,600), but a compressed 2-second window is paced start by start.
+_TICK = 1.0
 _TICK_SHARE = 0.001
+#: The bucket's capacity when no burst is given is a batch (a tick of the ceiling pace), and
+#: at least this: room for a few starts at once where a tick holds fewer (slow paces,
+#: compressed windows).
+MIN_BURST = 10
 
 log = logging.getLogger("bulkexport")
 
@@ -78,8 +83,9 @@ class RateController:
     """Decides when each request may start. One per run, shared by all workers."""
 
     __slots__ = (
-        "_alarm", "_broken", "_bucket", "_bucket_rate", "_budget", "_burst", "_failed", "_idle", "_in_flight",
-        "_last_batch", "_last_grant", "_max_pause", "_outage", "_pauses", "_seq", "_task", "_waiters", "_wall", "stats",
+        "_alarm", "_broken", "_bucket", "_bucket_rate", "_budget", "_burst", "_capacity", "_failed", "_idle",
+        "_in_flight", "_last_batch", "_last_grant", "_max_pause", "_outage", "_pauses", "_seq", "_task", "_waiters",
+        "_wall", "stats",
     )  # fmt: skip
 
     def __init__(
@@ -89,14 +95,15 @@ class RateController:
         window: float,
         share: float = 1.0,
         reserve: float = 0.0,
-        burst: int = 10,
+        burst: int | None = None,
         max_rate: float | None = None,
         max_pause: float = 3660.0,
         max_outage: float = 300.0,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._budget = WindowBudget(limit=limit, window=window, share=share, reserve=reserve, max_rate=max_rate)
-        self._burst = burst  # bucket capacity
+        self._burst = burst  # bucket capacity as given; None: a batch (see _capacity_for)
+        self._capacity = burst or MIN_BURST  # the bucket's capacity now
         self._max_pause = max_pause  # cap on any single pause (bad headers)
         self._wall = wall  # epoch seconds, for X-RateLimit-Reset
         # -- dispatching
@@ -236,7 +243,7 @@ class RateController:
         await self.aclose()
 
     def _noise(self) -> float:
-        return max(self._burst, self.stats.max_in_flight)
+        return max(self._capacity, self.stats.max_in_flight)
 
     # -- pauses ---------------------------------------------------------------------------------
     def _on_429(self, ticket: Ticket, headers: Mapping[str, str], probe: bool) -> None:
@@ -324,18 +331,30 @@ class RateController:
         self.stats.probes += ticket.probe
         return ticket
 
+    def _tick(self) -> float:
+        return min(_TICK, _TICK_SHARE * self._budget.window_estimate())
+
+    def _capacity_for(self, ceiling: float) -> int:
+        """The bucket's capacity at ``ceiling``: the burst when one was given, else a batch
+        of that pace (at least :data:`MIN_BURST`), so batches are never held back by the
+        bucket and a start after an idle spell spends no more than one batch at once."""
+        if self._burst is not None:
+            return self._burst
+        return max(MIN_BURST, int(ceiling * self._tick()))
+
     def _batch(self, rate: float, until_reset: float | None) -> int:
         """How many starts to grant together at ``rate``: a tick's worth, at most the burst,
         the workers waiting and what the pace allows before the reset, and one for a probe.
 
         Starts granted one at a time, 14 ms apart at the default pace, each wake the whole
-        process for one request; a tick's worth at once costs about half the CPU per request
-        at the same pace (``benchmarks/README.md``, paced). Near a reset the batch shrinks, so
-        that gathering one never carries starts this window allows past its end."""
+        process for one request; the fewer wake-ups, the less CPU at the same pace: the whole
+        export at Braze's default measured ~9 % of a core one at a time, 3.5-4.4 % ten at a
+        time (a quarter second), 2.8-3.1 % a second's worth at a time (``benchmarks/README.md``,
+        paced). Near a reset the batch shrinks, so that gathering one never carries starts
+        this window allows past its end."""
         if self._pauses.probe_next:
             return 1
-        tick = min(_TICK, _TICK_SHARE * self._budget.window_estimate())
-        starts = min(self._burst, int(rate * tick), len(self._waiters))
+        starts = min(self._capacity, int(rate * self._tick()), len(self._waiters))
         if until_reset is not None:
             starts = min(starts, int(rate * until_reset))
         return max(1, starts)
@@ -374,16 +393,20 @@ class RateController:
             pace = ceiling
             if allowed is not None and reset is not None and allowed < ceiling:
                 pace = allowed
-                due = self._last_grant + self._last_batch / allowed  # the last batch's share of the pace
+                # The last batch's share of this pace, counting at most a batch of it: a batch
+                # granted at a faster pace just before (the limit has just dropped) is already
+                # in the budget's count of starts, and is not repaid by seconds of silence.
+                due = self._last_grant + min(self._last_batch, max(1, int(allowed * self._tick()))) / allowed
                 if due > now:
                     # Re-read at least every second and at the reset: a slow pace set near the
                     # end of a window must not outlive it.
                     await self._alarm.sleep(min(due - now, 1.0, max(reset - wall, 0.0)))
                     continue
             bucket = self._bucket
-            if bucket is None or abs(self._bucket_rate - ceiling) > 0.01 * ceiling:
-                bucket = self._bucket = AsyncLimiter(self._burst, self._burst / ceiling)
-                self._bucket_rate = ceiling
+            capacity = self._capacity_for(ceiling)
+            if bucket is None or abs(self._bucket_rate - ceiling) > 0.01 * ceiling or capacity != self._capacity:
+                bucket = self._bucket = AsyncLimiter(capacity, capacity / ceiling)
+                self._bucket_rate, self._capacity = ceiling, capacity
             starts = self._batch(pace, None if reset is None or reset <= wall else reset - wall)
             if bucket.has_capacity(starts):
                 await bucket.acquire(starts)  # there is room: no wait

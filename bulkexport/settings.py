@@ -25,6 +25,7 @@ from typing import Any
 from . import env
 from .config import DEFAULT_MAX_BODY_BYTES, TABLE_FORMATS, ExportConfig
 from .errors import ConfigError
+from .limiter import MIN_BURST
 
 __all__ = ["ENV", "OPTIONS", "Option", "add_export_options", "resolve"]
 
@@ -105,8 +106,8 @@ OPTIONS: tuple[Option, ...] = (
     _field("reserve", "--reserve", "fraction of each hour's budget never touched, left to production traffic "
            "(default {default})", group="rate", metavar="F"),
     _field("max_rate", "--max-rate", "hard cap in requests per second", group="rate", metavar="R", type=float),
-    _field("burst", "--burst", "requests allowed at once above the pace (default {default})", group="rate",
-           metavar="N"),
+    _field("burst", "--burst", "most requests started at once (default: a second of the pace, at least "
+           f"{MIN_BURST})", group="rate", metavar="N", type=int),
     _field("concurrency", "--concurrency", "most requests in flight (default {default})", group="rate", metavar="N"),
     _field("request_timeout", "--timeout", "per-request timeout in seconds (default {default:g})",
            group="requests", metavar="S"),

@@ -48,11 +48,10 @@ def test_unknown_options_are_named() -> None:
         build(speed=1, colour="red")
 
 
-#: Other options a bound needs to pass the cross-checks (burst <= rate_limit, file_rows >=
-#: row_group_rows, at least one request an hour).
+#: Other options a bound needs to pass the cross-checks (file_rows >= row_group_rows, at least
+#: one request an hour).
 _COMPANIONS: dict[str, dict[str, Any]] = {
-    "rate_limit": {"burst": 1, "reserve": 0.0},
-    "burst": {"rate_limit": 1_000_000_000},
+    "rate_limit": {"reserve": 0.0},
     "row_group_rows": {"file_rows": 1_000_000_000},
     "file_rows": {"row_group_rows": 1},
 }
@@ -72,6 +71,19 @@ def test_every_number_is_bounded(name: str, bounds: tuple[type, float, float, bo
     for bad in (beyond_high, below_low, math.nan, math.inf, True, "1", None):
         with pytest.raises(ConfigError, match=rf"^{re.escape(name)}\b"):
             build(**companions, **{name: bad})
+
+
+def test_burst_is_the_controllers_own_unless_given_and_then_bounded() -> None:
+    """Without a burst the controller uses a second of the pace, so a small limit needs no
+    --burst (a fixed default of 10 used to refuse --rate-limit 5); a burst given is bounded
+    like every number, and by the limit."""
+    assert build().burst is None
+    assert build(rate_limit=5, reserve=0.0).rate_limit == 5
+    for value in (1, 1_000_000):
+        assert build(rate_limit=1_000_000_000, burst=value).burst == value
+    for bad in (0, 1_000_001, math.nan, math.inf, True, "1"):
+        with pytest.raises(ConfigError, match=r"^burst\b"):
+            build(rate_limit=1_000_000_000, burst=bad)
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ HOSTILE: dict[str, list[str]] = {
     "overwrite": ["yes"],
     "retry_failed": ["yes"],
     "dry_run": ["yes"],
-    "rate_limit": ["0", "-5", "inf", "nan", "1.5", "", "x", "9" * 30, "5"],
+    "rate_limit": ["0", "-5", "inf", "nan", "1.5", "", "x", "9" * 30],
     "share": ["0", "-0.1", "1.5", "inf", "nan", "", "x", "1e-300"],
     "reserve": ["-0.1", "1", "1.5", "inf", "nan", "", "0.9999999999"],
     "max_rate": ["0", "-1", "inf", "nan", "", "1e-300", "1e300"],
