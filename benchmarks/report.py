@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from targets import TARGETS
+from targets import DEFAULT_PACE, TARGETS
 
 _PEER_NAMES = {
     "bulkexport": "bulkexport CLI",
@@ -141,12 +141,12 @@ def paced_table(p: dict[str, Any]) -> str:
                 f"{steady * 100:.2f} %" if steady is not None else "n/a", f"{r['cpu'] / r['wall'] * 100:.2f} %",
                 f"{r['cpu']:.2f}", f"{r['peak_rss_mb']:.0f}")  # fmt: skip
 
-    rows = [row("bulkexport CLI (starts granted up to 10 at once)", p)]
+    rows = [row("bulkexport CLI (a second of the pace at once, at most 64)", p)]
     raw = p.get("raw", {})
-    for batch, label in (("1", "raw aiohttp loop, 1 start every 14.4 ms"), ("10", "raw aiohttp loop, 10 every 144 ms")):
-        r = raw.get(batch, raw.get(int(batch)))
-        if r:
-            rows.append(row(label, r))
+    for batch, r in sorted(raw.items(), key=lambda kv: int(kv[0])):  # keys are strings once through JSON
+        n = int(batch)
+        every = f"{n / DEFAULT_PACE * 1000:.3g} ms"
+        rows.append(row(f"raw aiohttp loop, {'1 start' if n == 1 else n} every {every}", r))
     head = ("client (whole process)", "requests", "wall s", "achieved req/s", "CPU steady", "CPU whole process",
             "CPU s", "peak RSS MB")  # fmt: skip
     return "paced: the default limit (--reserve 0), simulator at 250,000/h and 50 ms\n" + table(head, rows)
