@@ -59,8 +59,12 @@ _TICK = 1.0
 _TICK_SHARE = 0.001
 #: The bucket's capacity when no burst is given is a batch (a tick of the ceiling pace), and
 #: at least this: room for a few starts at once where a tick holds fewer (slow paces,
-#: compressed windows).
+#: compressed windows). It is also the most that goes out at once before any answer has told
+#: the window's budget: the first starts of a run know nothing of what is left of the hour.
 MIN_BURST = 10
+#: ... and never more than this share of a window's worth of the pace at once (a workspace
+#: limited to 5 requests an hour gets one at a time).
+_BURST_SHARE = 0.05
 
 log = logging.getLogger("bulkexport")
 
@@ -337,10 +341,16 @@ class RateController:
     def _capacity_for(self, ceiling: float) -> int:
         """The bucket's capacity at ``ceiling``: the burst when one was given, else a batch
         of that pace (at least :data:`MIN_BURST`), so batches are never held back by the
-        bucket and a start after an idle spell spends no more than one batch at once."""
+        bucket and a start after an idle spell spends no more than one batch at once.
+
+        Two limits on a batch by default: :data:`MIN_BURST` until an answer has told the
+        window's budget (a run resumed near the end of a spent hour, or a workspace whose
+        real limit is far below the configured one, must not open with 64 requests Braze
+        will refuse), and at most :data:`_BURST_SHARE` of a window's worth of the pace."""
         if self._burst is not None:
             return self._burst
-        return max(MIN_BURST, int(ceiling * self._tick()))
+        batch = MIN_BURST if self._budget.reset is None else max(MIN_BURST, int(ceiling * self._tick()))
+        return max(1, min(batch, int(ceiling * self._budget.window_estimate() * _BURST_SHARE)))
 
     def _batch(self, rate: float, until_reset: float | None) -> int:
         """How many starts to grant together at ``rate``: a tick's worth, at most the burst,

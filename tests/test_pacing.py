@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from bulkexport.config import ExportConfig
 from bulkexport.limiter import RateController
 from bulkexport.simulator import HOUR, HourlyBraze, VirtualRun, drive, run_virtual
 
@@ -90,6 +91,51 @@ def test_429_storms_with_retry_after_cost_about_a_second_each() -> None:
         assert 0.98 * budget <= ours <= budget + ctrl.stats.max_in_flight, (hour, ours)
     assert braze.over_limit == []
     check_gaps(run.starts)  # a storm costs about a second, never the rest of the hour
+
+
+def test_a_limit_of_a_few_requests_an_hour_is_spent_one_at_a_time() -> None:
+    """``--rate-limit 5`` with no ``--burst`` (accepted since the burst follows the pace): the
+    bucket never holds more than a twentieth of a window's worth, so one request at a time,
+    each hour's 4 (5 minus the 10 % reserve) and not one refused, hour after hour."""
+    cfg = ExportConfig.build(endpoint="https://rest.iad-01.braze.com", api_key="0123456789abcdef0123", rate_limit=5)
+    braze = HourlyBraze(EPOCH, limit=5)
+
+    async def scenario() -> VirtualRun:
+        async with RateController(limit=cfg.rate_limit, window=cfg.window, share=cfg.share, reserve=cfg.reserve,
+                                  burst=cfg.burst, wall=braze.wall) as ctrl:  # fmt: skip
+            return await drive(ctrl, braze, seconds=HOURS * HOUR, latency=LATENCY, network=NETWORK)
+
+    run = run_virtual(scenario())
+    assert cfg.burst is None
+    assert braze.over_limit == [] and run.answers[429] == 0
+    assert [ours for ours, _ in spent_per_hour(braze).values()] == [4] * HOURS
+    assert max(collections.Counter(run.starts).values()) == 1
+
+
+@pytest.mark.parametrize("latency", [0.03, 0.3])
+def test_before_any_answer_starts_go_out_ten_at_a_time(latency: float) -> None:
+    """A run started 30 s before the reset of an hour others have all but spent (10 left):
+    until an answer tells the budget, a batch is MIN_BURST, not a second's worth, so what
+    Braze refuses is what went out before the first answer came back (none at 30 ms, where
+    the first ten fit exactly; the next two batches of ten at 300 ms), and the next hour runs
+    a second's worth at a time (64 with 64 workers)."""
+
+    class Spent(HourlyBraze):
+        def others_in(self, window: int) -> int:
+            return super().others_in(window) + (249_990 if window == self.window_of(self.epoch) else 0)
+
+    braze = Spent(EPOCH + HOUR - 30.0)
+
+    async def scenario() -> VirtualRun:
+        async with RateController(limit=LIMIT, window=HOUR, reserve=RESERVE, wall=braze.wall) as ctrl:
+            return await drive(ctrl, braze, seconds=60.0, latency=latency, network=NETWORK)
+
+    run = run_virtual(scenario())
+    groups = sorted(collections.Counter(run.starts).items())
+    before_answer = [n for t, n in groups if t < latency]
+    assert before_answer and all(n == 10 for n in before_answer)
+    assert len(braze.over_limit) == (0 if latency < 0.144 else 20)
+    assert max(n for t, n in groups if t >= 30.0) == 64
 
 
 def test_a_limit_lowered_mid_hour_is_learnt_and_kept() -> None:
