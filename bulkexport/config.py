@@ -128,8 +128,8 @@ class ExportConfig:
     window: float = DEFAULT_WINDOW
     share: float = 1.0
     reserve: float = DEFAULT_RESERVE
-    #: most requests started at once; None: a second of the pace (69 at Braze's default), at
-    #: least limiter.MIN_BURST (see limiter.py: fewer wake-ups, less CPU at the same pace)
+    #: most requests started at once; None: the controller's own (a second of the pace, 69 at
+    #: Braze's default; ten until the first answer; see limiter.RateController._capacity_for)
     burst: int | None = None
     max_rate: float | None = None
     concurrency: int = DEFAULT_CONCURRENCY

@@ -358,10 +358,10 @@ class RateController:
 
         Starts granted one at a time, 14 ms apart at the default pace, each wake the whole
         process for one request; the fewer wake-ups, the less CPU at the same pace: the whole
-        export at Braze's default measured ~9 % of a core one at a time, 3.5-4.4 % ten at a
-        time (a quarter second), 2.8-3.1 % a second's worth at a time (``benchmarks/README.md``,
-        paced). Near a reset the batch shrinks, so that gathering one never carries starts
-        this window allows past its end."""
+        export at Braze's default measured ~9 % of a core one at a time, and in alternating
+        runs (medians) 3.6-3.8 % ten at a time (a quarter second), 2.9-3.1 % a second's worth
+        at a time (``benchmarks/README.md``, paced). Near a reset the batch shrinks, so that
+        gathering one never carries starts this window allows past its end."""
         if self._pauses.probe_next:
             return 1
         starts = min(self._capacity, int(rate * self._tick()), len(self._waiters))

@@ -106,8 +106,9 @@ OPTIONS: tuple[Option, ...] = (
     _field("reserve", "--reserve", "fraction of each hour's budget never touched, left to production traffic "
            "(default {default})", group="rate", metavar="F"),
     _field("max_rate", "--max-rate", "hard cap in requests per second", group="rate", metavar="R", type=float),
-    _field("burst", "--burst", "most requests started at once (default: a second of the pace, at least "
-           f"{MIN_BURST})", group="rate", metavar="N", type=int),
+    _field("burst", "--burst", "most requests started at once (default: a second of the pace; "
+           f"{MIN_BURST} until Braze's first answer; at most a twentieth of a window's pace)", group="rate",
+           metavar="N", type=int),
     _field("concurrency", "--concurrency", "most requests in flight (default {default})", group="rate", metavar="N"),
     _field("request_timeout", "--timeout", "per-request timeout in seconds (default {default:g})",
            group="requests", metavar="S"),
