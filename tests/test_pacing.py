@@ -93,6 +93,22 @@ def test_429_storms_with_retry_after_cost_about_a_second_each() -> None:
     check_gaps(run.starts)  # a storm costs about a second, never the rest of the hour
 
 
+@pytest.mark.parametrize(("latency", "rate"), [(0.3, LIMIT / HOUR), (0.85, LIMIT / HOUR), (1.2, 64 / 1.2)])
+def test_a_batch_in_flight_for_most_of_a_second_keeps_the_pace(latency: float, rate: float) -> None:
+    """64 workers, a batch of 64 every 0.92 s: answers slower than that leave no worker for
+    the next batch, so the default pace holds while a batch is answered within the interval
+    and above it the workers cap it (64 / latency), exactly as ten at a time did."""
+    braze = HourlyBraze(EPOCH)
+
+    async def scenario() -> VirtualRun:
+        async with RateController(limit=LIMIT, window=HOUR, reserve=0.0, wall=braze.wall) as ctrl:
+            return await drive(ctrl, braze, seconds=300.0, latency=latency, network=NETWORK)
+
+    run = run_virtual(scenario())
+    steady = [t for t in run.starts if 60.0 <= t < 300.0]
+    assert len(steady) / 240.0 == pytest.approx(rate, rel=0.01)
+
+
 def test_a_limit_of_a_few_requests_an_hour_is_spent_one_at_a_time() -> None:
     """``--rate-limit 5`` with no ``--burst`` (accepted since the burst follows the pace): the
     bucket never holds more than a twentieth of a window's worth, so one request at a time,
