@@ -378,3 +378,193 @@ def test_bool_is_never_a_number(accelerate: bool, value: bool) -> None:
     assert sorted(run.rejected) == [1, 2, 3, 4] and run.done == [0]
     assert [(r["sent"], r["revenue"]) for r in run.stats] == [(3, 1.5)]
     assert [(r["conversions"], r["revenue"]) for r in run.totals] == [(2, 0.5)]
+
+
+# -- the C reader of bytes -------------------------------------------------------------------
+# It takes a strict subset of JSON and leaves the rest, keeping nothing, to orjson and the
+# other two loops. Two things to show: what it takes, it reads exactly as orjson + the other
+# loops would (whatever the whitespace, key order, unicode, number spelling); and it does
+# take the common case (else the speed-up is silently gone).
+
+plain_names = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters='"\\'), max_size=12),
+    st.builds(lambda s, n: s * n, st.sampled_from(["A", "Ü", "変"]), st.integers(100, 600)),
+    st.none(),
+)  # nothing json.dumps would escape
+plain_counts = st.one_of(st.integers(-(10**18) + 1, 10**18 - 1), st.integers(-(2**53), 2**53).map(float), st.none())
+
+
+def _plain_value(name: str) -> st.SearchStrategy[Any]:
+    if name == "revenue":
+        return revenues
+    return plain_names if name.startswith("variation_") else plain_counts
+
+
+@st.composite
+def _plain_object(draw: st.DrawFn, pool: list[str], max_size: int) -> dict[str, Any]:
+    keys = draw(st.lists(st.sampled_from(pool), unique=True, max_size=max_size))
+    return {k: draw(_plain_value(k)) for k in keys}
+
+
+@st.composite
+def plain_responses(draw: st.DrawFn) -> dict[str, Any]:
+    """Known fields and channels only, each day once: the shape Braze sends."""
+    data = []
+    for offset in draw(st.lists(st.integers(0, 30), unique=True, max_size=5)):
+        time = (FIRST_DAY + timedelta(days=offset)).isoformat() + draw(st.sampled_from(["", "T00:00:00Z", " 12:00"]))
+        day: dict[str, Any] = {"time": time}
+        shape = draw(st.sampled_from(["full", "full", "time_only", "empty", "totals_only", "null_messages"]))
+        if shape == "full":
+            channels = draw(st.lists(st.sampled_from(sorted(KNOWN_CHANNELS)), unique=True, max_size=3))
+            pool = [*sorted(STATS_KNOWN), "variation_name", "variation_api_id"]
+            day["messages"] = {c: draw(st.lists(_plain_object(pool, 12), max_size=3)) for c in channels}
+        elif shape in ("empty", "null_messages"):
+            day["messages"] = {} if shape == "empty" else None
+        if shape in ("full", "totals_only"):
+            day.update(draw(_plain_object(sorted(TOTALS_KNOWN), 8)))
+        data.append(_shuffled(draw, day))
+    return _shuffled(draw, {"message": "success", "data": data})
+
+
+def _spaced(draw: st.DrawFn, doc: Any) -> bytes:
+    indent = draw(st.sampled_from([None, None, 0, 2, "\t"]))
+    separators = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\r\n", " :\t")]))
+    return json.dumps(doc, ensure_ascii=False, indent=indent, separators=separators).encode()
+
+
+@PROFILE
+@given(st.lists(plain_responses(), min_size=1, max_size=4), st.data())
+def test_the_c_reader_takes_every_plain_response_and_reads_what_the_reference_reads(
+    docs: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    run = _Run(True)
+    for token, doc in enumerate(docs):
+        run.add(token, _spaced(data.draw, doc))
+    assert run.flat._direct == len(docs)  # none went through orjson
+    run.build()
+    assert not run.rejected and sorted(run.done) == list(range(len(docs)))
+    run.check_rows(dict(enumerate(docs)))
+
+
+def _outcome(accelerate: bool, bodies: list[bytes]) -> tuple[Any, ...]:
+    """Everything a run of these bodies yields: per body the BadResponse text or None, then
+    the rows (values with their types), rejections, and how many the C reader took."""
+    run = _Run(accelerate)
+    errors: list[str | None] = []
+    for token, body in enumerate(bodies):
+        try:
+            run.add(token, body)
+            errors.append(None)
+        except BadResponse as exc:
+            errors.append(str(exc))
+    run.build()
+    return errors, _bag(run.stats), _bag(run.totals), run.rejected, sorted(run.done), run.flat._direct
+
+
+json_numbers = st.from_regex(r"\A-?(0|[1-9][0-9]{0,20})(\.[0-9]{1,25})?([eE][+-]?[0-9]{1,3})?\Z")
+
+
+@PROFILE
+@given(st.lists(st.tuples(st.sampled_from(["sent", "revenue"]), json_numbers), min_size=1, max_size=8))
+def test_numbers_read_from_bytes_are_the_numbers_orjson_reads(values: list[tuple[str, str]]) -> None:
+    """Any JSON number, as an int metric and as revenue, in an entry and in a day: the same
+    value, rejection or null as orjson + the Python loop (the ground truth)."""
+    bodies = []
+    for name, text in values:
+        total = "conversions" if name == "sent" else "revenue"
+        bodies.append(
+            f'{{"message":"success","data":[{{"time":"2026-11-20","messages":{{"email":'
+            f'[{{"variation_name":"A","{name}":{text}}}]}},"{total}":{text}}}]}}'.encode()
+        )
+    c, python = _outcome(True, bodies), _outcome(False, bodies)
+    assert c[:-1] == python[:-1]
+
+
+def _body(entry: str = '"variation_name":"A","sent":5', day: str = '"conversions":1', top: str = "") -> bytes:
+    return (
+        '{"message":"success",' + top + '"data":[{"time":"2026-11-20","messages":{"email":[{'
+        + entry + "}]}," + day + "}]}"
+    ).encode()  # fmt: skip
+
+
+#: (body, whether the C reader takes it). Either way the outcome must be orjson's.
+READER_EDGES = [
+    (_body(), True),
+    (_body('"sent":1.0e2'), True),  # an integral float is the int
+    (_body('"sent":-0', '"revenue":-0.0'), True),  # -0.0 stays negative zero
+    (_body('"revenue":0.1', '"revenue":123456789012345.67'), True),  # the last through strtod
+    (_body('"revenue":5e-324', '"revenue":1.7976931348623157e308'), True),
+    (_body('"sent":123456789012345678'), True),  # 18 digits
+    (_body('"sent":1234567890123456789'), False),  # 19: left to orjson, kept (within int64)
+    (_body('"sent":9223372036854775808'), False),  # beyond int64: rejected
+    (_body('"revenue":9007199254740993'), False),  # beyond 2**53: rejected
+    (_body('"sent":1.5'), False),
+    (_body('"sent":true'), False),
+    (_body('"sent":"1"'), False),
+    (_body('"sent":[1]'), False),
+    (_body('"sent":1e400'), False),
+    (_body('"revenue":1e400'), False),
+    (_body('"sent":01'), False),  # not JSON
+    (_body('"sent":-'), False),
+    (_body('"sent":1.'), False),
+    (_body('"sent":NaN'), False),
+    (_body('"variation_name":"A\\u0042"'), False),  # an escape: orjson's
+    (_body('"variation_name":"Ünï 変"'), True),
+    (_body('"variation_name":"\xff"').replace(b"\xc3\xbf", b"\xff"), False),  # not UTF-8
+    (_body('"variation_name":"A\tB"'), False),  # a raw control character: not JSON
+    (_body('"variation_name":"ABCDEFGHIJ\tKLMNOPQRST"'), False),  # deep in a long string, past 8 bytes
+    (_body('"variation_name":"ABCDEFGHIJKLMNOPQRSTU\\nV"'), False),
+    (_body('"variation_name":"ABCDEFGHIJKLMNOPQRSTU\x7fV"'), True),  # DEL needs no escape
+    (_body('"variation_name":"ABCDEFGHIJKLMNOPQRSTUÜV"'), True),
+    (_body().replace(b"2026-11-20", "2026-11-20T05:00:00 Zürich time".encode()), False),  # Python's to judge
+    (_body().replace(b"2026-11-20", b"2026-11-20T05:00:00\x85ABCDEFGHIJKLMNOP"), False),  # not UTF-8
+    (_body().replace(b"2026-11-20", b"2026-11-205"), False),  # not a date
+    (_body().replace(b'"email":[', b'"email":[{"sent":1}],"email":['), False),  # a channel twice
+    (_body().replace(b'"messages":{', b'"messages":{},"messages":{'), False),  # 'messages' twice
+    (_body("},{".join(f'"variation_name":"Variant {v}"' for v in (1, 2, 1, 3, 4, 5, 1, 2))), True),  # same lengths
+    (_body('"sent":1,"sent":2'), False),  # a key twice
+    (_body('"amp_opens":3'), False),  # unknown field: extra_metrics
+    (_body(day='"conversions":1,"friend_adds":2'), False),
+    (_body().replace(b'"email"', b'"line"'), False),  # unknown channel
+    (_body().replace(b'"email":[', b'"email":[],"sms":['), True),
+    (_body().replace(b'"email":[', b'"email":null,"sms":['), False),
+    (_body() + b"x", False),
+    (_body() + b" \r\n\t", True),
+    (_body(top='"meta":{},'), False),  # a field Braze does not send: the other loops ignore it
+    (_body(top='"message":"success",'), False),
+    (_body().replace(b'"success"', b'"Success"'), False),
+    (b'{"data":[],"message":"success"}', True),
+    (b'{"data":[]}', False),
+    (b"", False),
+    (b"[]", False),
+    (_body().replace(b"2026-11-20", b"2026-11-20T05:00:00Z"), True),
+    (_body().replace(b"2026-11-20", b"20261120"), False),  # ISO basic format: Python's to judge
+    (_body().replace(b"2026-11-20", b"2026-02-30"), False),
+    (_body().replace(b'"messages":{', b'"messages":null,"x":{'), False),
+    (_body(day='"conversions":null').replace(b'{"variation_name":"A","sent":5}', b""), True),  # "no data"
+    (b'{"message":"success","data":[{"time":"2026-11-20"},{"time":"2026-11-20"}]}', False),  # a day twice
+    (b'{"message":"success","data":[{"time":"2026-11-20","messages":{}},{"time":"2026-11-21","conversions":0}]}', True),
+    (b'{"message":"success","data":[{"messages":{},"time":"2026-11-20","time":"2026-11-21"}]}', False),
+    (b'{"message":"success","data":[{"conversions":2}]}', False),  # no time
+    (json.dumps({"message": "success", "data": [{"time": "2026-11-20", "messages": {"email": [{"sent": 1}]}}]},
+                indent="\t").encode(), True),
+]
+
+
+@pytest.mark.parametrize(("body", "taken"), READER_EDGES, ids=[f"edge{i}" for i in range(len(READER_EDGES))])
+def test_the_c_reader_takes_what_it_should_and_the_outcome_is_orjsons(body: bytes, taken: bool) -> None:
+    c, python = _outcome(True, [body]), _outcome(False, [body])
+    assert c[:-1] == python[:-1]
+    assert c[-1] == int(taken)
+
+
+def test_a_response_the_c_reader_leaves_keeps_nothing_of_it() -> None:
+    """A body that fails late (its last day) after rows of earlier days were read: none of
+    them may stay, and the next response's rows are all there."""
+    late = b'{"message":"success","data":[{"time":"2026-11-20","messages":{"email":[{"sent":1}]},"conversions":1},'
+    late += b'{"time":"2026-11-21","messages":{"email":[{"sent":2,"variation_name":"B"}]},"conversions":true}]}'
+    bodies = [_body(), late, _body('"sent":7')]
+    c, python = _outcome(True, bodies), _outcome(False, bodies)
+    assert c[:-1] == python[:-1]
+    assert c[-1] == 2
+    assert c[3] == {1: python[3][1]} and "conversions" in c[3][1]
