@@ -300,9 +300,11 @@ def child_stages(spec: dict[str, Any]) -> dict[str, Any]:
                 stats_rows, totals_rows, sent = stats_rows + built.stats_rows, totals_rows + built.totals_rows, \
                     sent + built.sent  # fmt: skip
         totals_seen.update(stats_rows=stats_rows, totals_rows=totals_rows, sent=sent)
+        direct_seen["read_from_bytes"] = stages.read_from_bytes(flat)
         return {"flatten": t_add, "build": t_build}
 
     baseline_seen: dict[str, int] = {}
+    direct_seen: dict[str, int] = {}
 
     def baseline() -> dict[str, float]:
         import pyarrow.compute as pc
@@ -373,6 +375,7 @@ def child_stages(spec: dict[str, Any]) -> dict[str, Any]:
         "files": len(files),
         "parquet_bytes_per_row": sum(f[4] for f in files) / max(rows, 1),
         "flatten_includes_parse": stages.FLATTEN_INCLUDES_PARSE,
+        "read_from_bytes": direct_seen.get("read_from_bytes", 0),
         "us": per,
     }
 
