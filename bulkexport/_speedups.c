@@ -898,7 +898,7 @@ static PyObject *Acc_take(Acc *a, PyObject *unused) {
     if (acc_reset_lists(a) < 0) { Py_DECREF(out); return NULL; }
     if (a->cap > 65536) {
         acc_free_buffers(a); /* a burst of rows: give the memory back */
-    } else {
+    } else if (n) {
         for (Py_ssize_t c = 0; c < a->ncols; c++) {
             if (a->kinds[c] == K_STR) continue;
             memset(a->vals[c], 0, n * sizeof(int64_t));
