@@ -895,7 +895,7 @@ static PyObject *Acc_take(Acc *a, PyObject *unused) {
     PyObject *out = Py_BuildValue("(nNNNNO)", n, slots, days, channels, cols, a->extras);
     if (!out) return NULL;
     a->n = 0;
-    if (acc_reset_lists(a) < 0) { Py_DECREF(out); return NULL; }
+    /* The numeric buffers are zero past n again before anything else can fail. */
     if (a->cap > 65536) {
         acc_free_buffers(a); /* a burst of rows: give the memory back */
     } else if (n) {
@@ -905,6 +905,7 @@ static PyObject *Acc_take(Acc *a, PyObject *unused) {
             memset(a->valid[c], 0, n);
         }
     }
+    if (acc_reset_lists(a) < 0) { Py_DECREF(out); return NULL; }
     return out;
 error:
     Py_DECREF(cols);
