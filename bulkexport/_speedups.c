@@ -1,5 +1,7 @@
 /*
- * The flattener's hot loop in C: parsed /sends/data_series days -> column buffers.
+ * The flattener's hot loops in C: /sends/data_series responses -> column buffers. Two of
+ * them: flatten_body() reads a response's bytes itself (the common case; see its section
+ * below), flatten_days() walks what orjson parsed (the bodies flatten_body leaves).
  *
  * Why: after orjson.loads, the pure-Python flattener spends ~6 us per output row building
  * tuples, grouping them by key set and transposing them. Here every value goes straight
@@ -7,10 +9,11 @@
  * by exactly the rules of flatten._fit_int / _fit_float / _fit_str.
  *
  * Scope: the well-formed common case only. Anything unusual (a value that does not fit its
- * column, a duplicated day, an odd 'time', wrong nesting) makes flatten_days() undo what it
- * appended for the response and return None; the caller then runs the pure-Python path on
- * that response, which decides (BadResponse, rejection with a reason, or keeping it). So
- * every decision about a doubtful response is made in one place, in Python.
+ * column, a duplicated day, an odd 'time', wrong nesting) makes either loop undo what it
+ * appended for the response and return None; the caller then hands the response to the
+ * next loop (flatten_body -> orjson and flatten_days -> the pure-Python path), and the last
+ * decides (BadResponse, rejection with a reason, or keeping it). So every decision about a
+ * doubtful response is made in one place, in Python.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

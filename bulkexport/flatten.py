@@ -4,7 +4,7 @@ Three loops, one set of rules. When the C extension (``_speedups.c``, built at i
 when a compiler is there) is present, its reader takes the common case straight from the
 bytes: a strict subset of JSON (known fields and channels, each key once, no escapes,
 numbers that fit their column) read into column buffers with no Python object per key or
-value (a typical 20 KB response: ~38 us, where ``orjson.loads`` alone takes ~50). Anything
+value (a typical 20 KB response: ~26 us, where ``orjson.loads`` alone takes ~50). Anything
 else it leaves, keeping nothing, to ``orjson`` and the C loop over the parsed objects, which
 leaves anything doubtful (a value that does not fit, a day listed twice, an odd ``time``,
 wrong nesting) to the Python loop below, which decides every case. Each loop only has to be
