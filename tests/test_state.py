@@ -3,15 +3,17 @@ makes true at once, what publishing reads and marks, what a failed write leaves.
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from bulkexport import StorageError
 from bulkexport.pairs import Pair
-from bulkexport.state import DONE, FAILED, PENDING, Failure, Ingested, PartRecord, RunState
+from bulkexport.state import _UNPUBLISHED, DONE, FAILED, PENDING, Failure, Ingested, PartRecord, RunState
 
 
 @pytest.fixture
@@ -89,6 +91,15 @@ def test_publishing_reads_in_order_and_marks_a_generation(state: RunState) -> No
     assert state.get("published_gen") == 0
     assert state.published() == [("send_stats/date=2026-11-26/part-r-0-00000.parquet", "send_stats", "2026-11-26",
                                   4, 900)]  # fmt: skip
+
+
+def test_publishing_order_comes_from_an_index_not_a_sort(state: RunState) -> None:
+    """A sort of every unpublished part holds memory that grows with the run (3.5 MB of a
+    300,000-pair publish's peak, in memray) for the whole publish; the index streams them."""
+    with closing(sqlite3.connect(state.path)) as db:  # a state made by this version
+        for table in (None, "send_stats"):
+            plan = " ".join(row[-1] for row in db.execute("EXPLAIN QUERY PLAN " + _UNPUBLISHED, (table, table)))
+            assert "USING INDEX parts_unpublished" in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_retry_failed_makes_them_pending_again(state: RunState) -> None:
