@@ -218,54 +218,54 @@ static void acc_truncate(Acc *a, Py_ssize_t n0, Py_ssize_t e0) {
     if (PyList_GET_SIZE(a->extras) > e0) PyList_SetSlice(a->extras, e0, PyList_GET_SIZE(a->extras), NULL);
 }
 
+/* An integer into a numeric column, by the value rules: an int column takes any int64, a
+   float column one within +-2**53 (beyond, the double would not be the number sent).
+   1 stored, 0 does not fit. Both loops store numbers through this and acc_put_double. */
+static int acc_put_int(Acc *a, Py_ssize_t r, Py_ssize_t c, long long x) {
+    if (a->kinds[c] == K_INT) {
+        a->vals[c][r] = x;
+    } else {
+        if (x < -9007199254740992LL || x > 9007199254740992LL) return 0;
+        double d = (double)x;
+        memcpy(&a->vals[c][r], &d, sizeof d);
+    }
+    a->valid[c][r] = 1;
+    return 1;
+}
+
+/* A double into a numeric column: an int column takes it if integral within +-2**53, a
+   float column if finite. 1 stored, 0 does not fit. */
+static int acc_put_double(Acc *a, Py_ssize_t r, Py_ssize_t c, double d) {
+    if (a->kinds[c] == K_INT) {
+        if (!(d >= -EXACT && d <= EXACT) || d != floor(d)) return 0;
+        a->vals[c][r] = (int64_t)d;
+    } else {
+        if (!isfinite(d)) return 0;
+        memcpy(&a->vals[c][r], &d, sizeof d);
+    }
+    a->valid[c][r] = 1;
+    return 1;
+}
+
 /* Store one value; 1 stored (or null), 0 does not fit (the caller bails), -1 error. */
 static int acc_set(Acc *a, Py_ssize_t r, Py_ssize_t c, PyObject *v) {
     if (v == Py_None) return 1;
-    switch (a->kinds[c]) {
-    case K_INT:
-        if (PyLong_CheckExact(v)) {
-            int overflow = 0;
-            long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-            if (overflow) return 0;
-            if (x == -1 && PyErr_Occurred()) return -1;
-            a->vals[c][r] = x;
-            a->valid[c][r] = 1;
-            return 1;
-        }
-        if (PyFloat_CheckExact(v)) {
-            double d = PyFloat_AS_DOUBLE(v);
-            if (!(d >= -EXACT && d <= EXACT) || d != floor(d)) return 0;
-            a->vals[c][r] = (int64_t)d;
-            a->valid[c][r] = 1;
-            return 1;
-        }
-        return 0;
-    case K_FLOAT: {
-        double d;
-        if (PyFloat_CheckExact(v)) {
-            d = PyFloat_AS_DOUBLE(v);
-            if (!isfinite(d)) return 0;
-        } else if (PyLong_CheckExact(v)) {
-            int overflow = 0;
-            long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-            if (overflow) return 0;
-            if (x == -1 && PyErr_Occurred()) return -1;
-            if (x < -9007199254740992LL || x > 9007199254740992LL) return 0;
-            d = (double)x;
-        } else {
-            return 0;
-        }
-        memcpy(&a->vals[c][r], &d, sizeof d);
-        a->valid[c][r] = 1;
-        return 1;
-    }
-    default:
+    if (a->kinds[c] == K_STR) {
         if (!PyUnicode_CheckExact(v)) return 0;
         Py_INCREF(v);
         PyList_SET_ITEM(a->strs[c], r, v); /* replaces None, which the list owned */
         Py_DECREF(Py_None);
         return 1;
     }
+    if (PyLong_CheckExact(v)) {
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow) return 0;
+        if (x == -1 && PyErr_Occurred()) return -1;
+        return acc_put_int(a, r, c, x);
+    }
+    if (PyFloat_CheckExact(v)) return acc_put_double(a, r, c, PyFloat_AS_DOUBLE(v));
+    return 0;
 }
 
 /* One object's fields into row r: known ones to their columns, others to extras.
@@ -582,7 +582,8 @@ static int acc_set_text(Acc *a, Py_ssize_t r, Py_ssize_t col, const char *s, Py_
 static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
                                 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
-/* A JSON number into a numeric column, by the rules of acc_set. 1 stored, 0 bail.
+/* A JSON number into a numeric column, by the rules of acc_put_int / acc_put_double. 1
+   stored, 0 bail.
    A decimal of at most 15 significant digits and no exponent is m / 10**k with both exact
    doubles, so one IEEE division is the correctly rounded value (Clinger's fast path); any
    other float goes through Python's own correctly rounded strtod. */
@@ -623,46 +624,27 @@ static int read_number(Cur *c, Acc *a, Py_ssize_t r, Py_ssize_t col) {
         is_float = has_exp = 1;
     }
     c->p = p;
-    char kind = a->kinds[col];
     double d;
-    if (kind == K_STR) return 0;
-    if (!is_float) {
-        int64_t v = neg ? -(int64_t)x : (int64_t)x;
-        if (kind == K_INT) {
-            a->vals[col][r] = v;
-            a->valid[col][r] = 1;
-            return 1;
-        }
-        if (x > 9007199254740992ULL) return 0;
-        d = (double)v;
+    if (a->kinds[col] == K_STR) return 0;
+    if (!is_float) return acc_put_int(a, r, col, neg ? -(long long)x : (long long)x);
+    if (!has_exp && digits + frac <= 15 && frac <= 22) {
+        d = (double)x / POW10[frac];
+        if (neg) d = -d;
     } else {
-        if (!has_exp && digits + frac <= 15 && frac <= 22) {
-            d = (double)x / POW10[frac];
-            if (neg) d = -d;
-        } else {
-            char buf[64];
-            Py_ssize_t n = p - s;
-            if (n >= (Py_ssize_t)sizeof buf) return 0;
-            memcpy(buf, s, n);
-            buf[n] = '\0';
-            char *stop;
-            d = PyOS_string_to_double(buf, &stop, NULL); /* correctly rounded, locale-independent */
-            if (d == -1.0 && PyErr_Occurred()) {
-                PyErr_Clear();
-                return 0;
-            }
-            if (stop != buf + n || !isfinite(d)) return 0;
+        char buf[64];
+        Py_ssize_t n = p - s;
+        if (n >= (Py_ssize_t)sizeof buf) return 0;
+        memcpy(buf, s, n);
+        buf[n] = '\0';
+        char *stop;
+        d = PyOS_string_to_double(buf, &stop, NULL); /* correctly rounded, locale-independent */
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
         }
-        if (kind == K_INT) {
-            if (!(d >= -EXACT && d <= EXACT) || d != floor(d)) return 0;
-            a->vals[col][r] = (int64_t)d;
-            a->valid[col][r] = 1;
-            return 1;
-        }
+        if (stop != buf + n) return 0;
     }
-    memcpy(&a->vals[col][r], &d, sizeof d);
-    a->valid[col][r] = 1;
-    return 1;
+    return acc_put_double(a, r, col, d);
 }
 
 /* A known field's value into row r. 1 stored (*nonnull set unless null), 0 bail, -1 error. */
