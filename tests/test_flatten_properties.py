@@ -23,6 +23,7 @@ import collections
 import copy
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -98,10 +99,12 @@ def _value(name: str) -> st.SearchStrategy[Any]:
 
 
 @st.composite
-def _object(draw: st.DrawFn, pool: list[str], max_size: int) -> dict[str, Any]:
+def _object(
+    draw: st.DrawFn, pool: list[str], max_size: int, value: Callable[[str], st.SearchStrategy[Any]] = _value,
+) -> dict[str, Any]:  # fmt: skip
     """Fields drawn from the pool, in a random order, each with a value of its kind."""
     keys = draw(st.lists(st.sampled_from(pool), unique=True, max_size=max_size))
-    return {k: draw(_value(k)) for k in keys}
+    return {k: draw(value(k)) for k in keys}
 
 
 ENTRY_POOL = [*sorted(STATS_KNOWN), "variation_name", "variation_api_id", "time", "channel", *UNKNOWN_FIELDS]
@@ -401,12 +404,6 @@ def _plain_value(name: str) -> st.SearchStrategy[Any]:
 
 
 @st.composite
-def _plain_object(draw: st.DrawFn, pool: list[str], max_size: int) -> dict[str, Any]:
-    keys = draw(st.lists(st.sampled_from(pool), unique=True, max_size=max_size))
-    return {k: draw(_plain_value(k)) for k in keys}
-
-
-@st.composite
 def plain_responses(draw: st.DrawFn) -> dict[str, Any]:
     """Known fields and channels only, each day once: the shape Braze sends."""
     data = []
@@ -417,11 +414,11 @@ def plain_responses(draw: st.DrawFn) -> dict[str, Any]:
         if shape == "full":
             channels = draw(st.lists(st.sampled_from(sorted(KNOWN_CHANNELS)), unique=True, max_size=3))
             pool = [*sorted(STATS_KNOWN), "variation_name", "variation_api_id"]
-            day["messages"] = {c: draw(st.lists(_plain_object(pool, 12), max_size=3)) for c in channels}
+            day["messages"] = {c: draw(st.lists(_object(pool, 12, _plain_value), max_size=3)) for c in channels}
         elif shape in ("empty", "null_messages"):
             day["messages"] = {} if shape == "empty" else None
         if shape in ("full", "totals_only"):
-            day.update(draw(_plain_object(sorted(TOTALS_KNOWN), 8)))
+            day.update(draw(_object(sorted(TOTALS_KNOWN), 8, _plain_value)))
         data.append(_shuffled(draw, day))
     return _shuffled(draw, {"message": "success", "data": data})
 
