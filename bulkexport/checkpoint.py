@@ -14,6 +14,17 @@ A crash before step 3 leaves files that nothing refers to: the next invocation r
 (:meth:`Staging.remove_orphans`) and fetches their pairs again. Checkpoints are frequent
 (``checkpoint_interval`` seconds, or ``checkpoint_rows`` rows) so a crash costs seconds of
 work; the publisher later compacts them into row-group-sized Parquet files.
+
+Steps 2 and 3 run on a thread of their own, the same one for every checkpoint. glibc gives
+each thread that allocates an arena, and a freed block goes back to the arena it came from:
+checkpoints handed to a shared pool land on whichever idle thread wakes first, and each
+arena keeps a checkpoint's worth of freed memory (a 100,000-pair export's fetch peaked at
+145 MB that way, 129-130 MB on one thread, with no trim between checkpoints). On one thread
+each checkpoint reuses what the last one freed, so nothing is handed back to the OS between
+checkpoints: at the default pace, trimming after each one and faulting the pages back in at
+the next cost ~0.45 % of a core (2.64 -> 2.18 %, medians of five alternating runs). The
+fetch's memory goes back once, when it ends (:meth:`Checkpointer.close`), before the publish
+needs its own.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -246,6 +258,8 @@ class Checkpointer:
         self._wake = asyncio.Event()  # the buffer is full enough: checkpoint now
         self._drained = asyncio.Event()  # a checkpoint took the buffer
         self._failure: Exception | None = None  # a checkpoint that failed: the run is over
+        # Every file write, fsync and SQLite commit, in order (see the module docstring).
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="bulkexport-checkpoint")
         self.exported = 0  # pairs fetched this session (committed or about to be)
         self.failed = 0  # pairs failed for good this session
         self.unknown: set[str] = set()  # unknown fields and ("channel:"-prefixed) channels seen
@@ -318,18 +332,27 @@ class Checkpointer:
                     tables = {}
                 # File write, fsync and the SQLite commit (another fsync) all off the event
                 # loop: a slow disk must not stall requests in flight.
-                await asyncio.to_thread(self._commit, seq, tables, done, failed)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._thread, self._commit, seq, tables, done, failed)
             except Exception as exc:
                 self._failure = exc
                 raise
             log.debug("checkpoint %d: %d pairs, %d rows", seq, len(done), rows)
 
+    async def close(self) -> None:
+        """The final :meth:`flush` (its error, if any, raised); then the checkpoint thread
+        ends, and the memory the checkpoints kept for each other goes back to the OS."""
+        try:
+            await self.flush()
+        finally:
+            self._thread.shutdown(wait=False)  # idle: the flush waited for its commit
+            memory.trim()
+
     def _commit(self, seq: int, tables: dict[str, list[pa.RecordBatch]], done: list[int],
                 failed: list[Failure]) -> None:  # fmt: skip
         records = self._staging.write(seq, tables)
-        tables.clear()  # the rows are on disk: free them (the caller holds this same dict) ...
+        tables.clear()  # the rows are on disk: free them for the next checkpoint (the caller holds this dict)
         self._state.commit_checkpoint(seq, records, done, failed)
-        memory.trim()  # ... and hand the memory back (see bulkexport.memory)
 
     def _build(self) -> None:
         if not len(self._flat):

@@ -216,7 +216,7 @@ class Exporter:
             fatal = await pool.run(s)
         finally:
             # Whatever ended the fetch, commit what is complete so a resume skips it.
-            await asyncio.shield(ckpt.flush())
+            await asyncio.shield(ckpt.close())
             self._unknown |= ckpt.unknown
         if fatal is not None:
             raise fatal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import duckdb
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import bulkexport
+from bulkexport.checkpoint import Staging
 from bulkexport.schema import (
     KNOWN_CHANNELS,
     STATS_FILE_SCHEMA,
@@ -17,7 +19,7 @@ from bulkexport.schema import (
 )
 from bulkexport.simulator import CHANNEL_METRICS, Simulator
 
-from .helpers import check_equal, pairs_for, run
+from .helpers import check_equal, pairs_for, run, until
 
 
 async def test_output_equals_ground_truth_for_every_channel(sim: Simulator, tmp_path: Path) -> None:
@@ -75,6 +77,29 @@ async def test_files_depend_on_partitions_not_pairs(sim: Simulator, tmp_path: Pa
             assert len(list(part.glob("*.parquet"))) == 1
     # No temporary or hidden files are visible in the dataset.
     assert not [p for p in many.rglob("*") if p.name.startswith(".")]
+
+
+async def test_every_checkpoint_is_written_on_one_thread_that_ends_with_the_fetch(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """glibc gives every thread that allocates an arena of its own: checkpoints handed to a
+    shared pool land on any of its idle threads, and each arena keeps a checkpoint's worth of
+    freed memory (bulkexport.checkpoint)."""
+    threads: list[str] = []
+    write = Staging.write
+
+    def spy(self: Staging, seq: int, tables: dict[str, list[pa.RecordBatch]]) -> object:
+        threads.append(threading.current_thread().name)
+        return write(self, seq, tables)
+
+    monkeypatch.setattr(Staging, "write", spy)
+    sim.latency = 0.02  # a fetch of ~1 s: a checkpoint every few responses
+    pairs = pairs_for(300)
+    await run(sim, pairs, tmp_path, checkpoint_interval=0.01, concurrency=8)
+    check_equal(tmp_path, sim, pairs)
+    assert len(threads) >= 5
+    assert set(threads) == {"bulkexport-checkpoint_0"}
+    await until(lambda: not [t for t in threading.enumerate() if t.name.startswith("bulkexport-checkpoint")])
 
 
 async def test_row_groups_and_file_rotation(sim: Simulator, tmp_path: Path) -> None:
