@@ -14,11 +14,14 @@ allocators keep what they are given back:
   and publish threads each get one: :func:`trim` hands it back once the fetch is over (the
   checkpoints, all on one thread, reuse what the one before freed: see
   :mod:`bulkexport.checkpoint`) and, at publish, once a row group's worth of rows has been
-  written since the last time (after each partition of a large run), for about 0.02 ms of
-  CPU a pair (the pages given back and taken again, in system time).
+  written since the last time (after each partition of a large run). When it trimmed after
+  every checkpoint too, that cost about 0.02 ms of CPU a pair (the pages given back and taken
+  again, in system time).
 
-Measured on a 10,000-pair export: 167-196 MB peak with neither, 141-147 MB with the trims and
-pyarrow's default alone, 122-125 MB with both defaults (100,000 pairs: 162-177 -> 133-138 MB).
+Measured on a 10,000-pair export, with a trim after every checkpoint: 167-196 MB peak with
+neither, 141-147 MB with the trims and pyarrow's default alone, 122-125 MB with both defaults
+(100,000 pairs: 162-177 -> 133-138 MB). With the checkpoints on one thread and no trim
+between them: 125-127 MB for 10,000 pairs, 133 for 100,000, 143 for 1,000,000.
 
 * Python's cycle collector, every so many container allocations (each response's parsed JSON
   is a few hundred), walks the young objects and now and then all of them, start-up's ~45,000

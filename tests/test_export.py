@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import bulkexport
-from bulkexport.checkpoint import Staging
+from bulkexport.checkpoint import Checkpointer, Staging
 from bulkexport.schema import (
     KNOWN_CHANNELS,
     STATS_FILE_SCHEMA,
@@ -85,20 +86,26 @@ async def test_every_checkpoint_is_written_on_one_thread_that_ends_with_the_fetc
     """glibc gives every thread that allocates an arena of its own: checkpoints handed to a
     shared pool land on any of its idle threads, and each arena keeps a checkpoint's worth of
     freed memory (bulkexport.checkpoint)."""
-    threads: list[str] = []
-    write = Staging.write
+    threads: list[tuple[str, int]] = []
+    checkpointers: list[Checkpointer] = []  # held, so only close() can end the thread
+    write, init = Staging.write, Checkpointer.__init__
 
     def spy(self: Staging, seq: int, tables: dict[str, list[pa.RecordBatch]]) -> object:
-        threads.append(threading.current_thread().name)
+        threads.append((threading.current_thread().name, threading.get_ident()))
         return write(self, seq, tables)
 
+    def keep(self: Checkpointer, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        checkpointers.append(self)
+
     monkeypatch.setattr(Staging, "write", spy)
+    monkeypatch.setattr(Checkpointer, "__init__", keep)
     sim.latency = 0.02  # a fetch of ~1 s: a checkpoint every few responses
     pairs = pairs_for(300)
     await run(sim, pairs, tmp_path, checkpoint_interval=0.01, concurrency=8)
     check_equal(tmp_path, sim, pairs)
-    assert len(threads) >= 5
-    assert set(threads) == {"bulkexport-checkpoint_0"}
+    assert len(checkpointers) == 1 and len(threads) >= 5
+    assert len(set(threads)) == 1 and threads[0][0] == "bulkexport-checkpoint_0"
     await until(lambda: not [t for t in threading.enumerate() if t.name.startswith("bulkexport-checkpoint")])
 
 
