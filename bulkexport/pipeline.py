@@ -53,6 +53,29 @@ log = logging.getLogger("bulkexport")
 _MANIFEST_VERSION = 1
 
 
+
+async def _to_the_end(step: Awaitable[None]) -> None:
+    """Await ``step`` even when the caller is cancelled meanwhile, then pass the cancel on.
+
+    The last checkpoint's commit runs on its own thread: a caller cancelled during it would
+    otherwise go on to close the run state under it, so that the checkpoint's pairs are
+    fetched again next time and its error reaches nobody. A second cancel stops the wait
+    (a disk that hangs must not make the export uncancellable); what the step then raises
+    is logged rather than lost.
+    """
+    task = asyncio.ensure_future(step)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_log_late_failure)
+        await asyncio.wait({task})
+        raise
+
+
+def _log_late_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the last checkpoint failed after the export was cancelled: %s", task.exception())
+
 class Exporter:
     """One run: construct, then ``await run(source)``; ``request_stop()`` from a signal."""
 
@@ -216,7 +239,7 @@ class Exporter:
             fatal = await pool.run(s)
         finally:
             # Whatever ended the fetch, commit what is complete so a resume skips it.
-            await asyncio.shield(ckpt.close())
+            await _to_the_end(ckpt.close())
             self._unknown |= ckpt.unknown
         if fatal is not None:
             raise fatal

@@ -5,17 +5,21 @@ the breaker's arithmetic also on the virtual clock."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import os
 import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 import bulkexport
 from bulkexport import BrazeUnavailable, ExportInterrupted
+from bulkexport.checkpoint import Staging
 from bulkexport.limiter import RateController
 from bulkexport.simulator import HOUR, FaultRule, HourlyBraze, Simulator, run_virtual
 
@@ -297,3 +301,53 @@ def test_an_outage_longer_than_the_budget_stops_the_run() -> None:
     raised, at, verdict = run_virtual(scenario())
     assert isinstance(raised, BrazeUnavailable) and raised is verdict
     assert at is not None and 360.0 <= at <= 361.0 and 300.0 <= verdict.seconds <= 301.0
+
+
+@pytest.mark.parametrize("cancels", [1, 2])
+async def test_a_cancel_during_the_last_checkpoint_waits_for_its_commit(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, cancels: int
+) -> None:
+    """A library caller cancels the export while its last checkpoint is being written: the
+    commit ends before the run state closes, so its pairs count as done, and no error is left
+    for the garbage collector to report. A second cancel stops the wait (a hung disk must not
+    make the export uncancellable); the commit then fails on the closed state, and says so."""
+    entered, gate = threading.Event(), threading.Event()
+    write = Staging.write
+
+    def slow(self: Staging, seq: int, tables: dict[str, Any]) -> Any:
+        entered.set()
+        gate.wait(30)
+        return write(self, seq, tables)
+
+    monkeypatch.setattr(Staging, "write", slow)
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    pairs = pairs_for(40)
+    # A checkpoint a minute: the only one is the last, written when the fetch ends.
+    task = asyncio.create_task(run(sim, pairs, tmp_path, checkpoint_interval=60))
+    try:
+        await until(entered.is_set)
+        task.cancel()
+        await asyncio.sleep(0.2)
+        assert not task.done()  # waiting for the commit, the state still open
+        if cancels == 2:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task  # at once, the commit still blocked
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        failed = "the last checkpoint failed after the export was cancelled"
+        if cancels == 1:
+            assert committed_pairs(tmp_path) == set(pairs)
+        else:
+            await until(lambda: failed in caplog.text)
+            assert committed_pairs(tmp_path) == set()  # fetched again next time
+        gc.collect()
+        await asyncio.sleep(0.05)
+        assert unretrieved == []
+        assert (failed in caplog.text) == (cancels == 2)
+    finally:
+        gate.set()
+        loop.set_exception_handler(None)
