@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -53,28 +55,32 @@ log = logging.getLogger("bulkexport")
 _MANIFEST_VERSION = 1
 
 
-
-async def _to_the_end(step: Awaitable[None]) -> None:
+async def _to_the_end(step: Awaitable[None], what: str, *, on_cancel: Callable[[], None] | None = None) -> None:
     """Await ``step`` even when the caller is cancelled meanwhile, then pass the cancel on.
 
-    The last checkpoint's commit runs on its own thread: a caller cancelled during it would
-    otherwise go on to close the run state under it, so that the checkpoint's pairs are
-    fetched again next time and its error reaches nobody. A second cancel stops the wait
-    (a disk that hangs must not make the export uncancellable); what the step then raises
-    is logged rather than lost.
+    The last checkpoint's commit and the publish run on threads of their own, which a cancel
+    does not stop: a caller cancelled during one would otherwise go on to close the run state
+    and release the run's lock under it (a checkpoint's pairs fetched again next time and its
+    error reaching nobody; a publish still writing while another run may start). ``on_cancel``
+    lets the step finish early (the publish skips the partitions it has not started). A second
+    cancel stops the wait (a disk that hangs must not make the export uncancellable); what the
+    step then raises is logged rather than lost.
     """
     task = asyncio.ensure_future(step)
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
-        task.add_done_callback(_log_late_failure)
+        if on_cancel is not None:
+            on_cancel()
+        task.add_done_callback(functools.partial(_log_late_failure, what))
         await asyncio.wait({task})
         raise
 
 
-def _log_late_failure(task: asyncio.Future[None]) -> None:
+def _log_late_failure(what: str, task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("the last checkpoint failed after the export was cancelled: %s", task.exception())
+        log.error("%s failed after the export was cancelled: %s", what, task.exception())
+
 
 class Exporter:
     """One run: construct, then ``await run(source)``; ``request_stop()`` from a signal."""
@@ -239,7 +245,7 @@ class Exporter:
             fatal = await pool.run(s)
         finally:
             # Whatever ended the fetch, commit what is complete so a resume skips it.
-            await _to_the_end(ckpt.close())
+            await _to_the_end(ckpt.close(), "the last checkpoint")
             self._unknown |= ckpt.unknown
         if fatal is not None:
             raise fatal
@@ -261,7 +267,9 @@ class Exporter:
             await self._lake.publish(state, gen)
         elif staged:
             parts = state.unpublished_parts()
-            await asyncio.to_thread(self._publisher.publish, parts, gen, lambda *f: files.append(f))
+            stop = threading.Event()
+            publish = asyncio.to_thread(self._publisher.publish, parts, gen, lambda *f: files.append(f), stop)
+            await _to_the_end(publish, "the publish", on_cancel=stop.set)
         state.record_published(files)
         if files:
             log.info("published %d file(s) for run %s", len(files), self.cfg.run_id)

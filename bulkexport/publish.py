@@ -61,8 +61,12 @@ class ParquetPublisher:
         self._row_group_rows = row_group_rows  # rows per row group
         self._file_rows = file_rows  # rows per file, at most
 
-    def publish(self, parts: Iterable[PartRecord], gen: int, on_file: OnFile) -> None:
+    def publish(self, parts: Iterable[PartRecord], gen: int, on_file: OnFile,
+                stop: threading.Event | None = None) -> None:  # fmt: skip
         """Compact ``parts`` (in (table, date, seq) order) into the dataset.
+
+        ``stop``, once set (the caller was cancelled), ends the publish early: partitions not
+        started yet are skipped, those being written finish. A redone publish writes them all.
 
         Partitions are written side by side, as many as the cores, while their buffers fit in
         one row group's worth of rows between them: small partitions (a run of thousands of
@@ -73,7 +77,7 @@ class ParquetPublisher:
         """
         counters: dict[str, int] = {}  # table -> next file number (shared across dates)
         budget = _RowBudget(self._row_group_rows)
-        shared = _Shared(self._staging, self._row_group_rows)
+        shared = _Shared(self._staging, self._row_group_rows, stop)
         failed = shared.failed  # a partition failed: those not started yet are skipped
         futures: list[Future[None]] = []
         pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="bulkexport-publish")
@@ -147,8 +151,8 @@ class _Shared:
 
     __slots__ = ("_all", "_local", "_lock", "_since_trim", "_staging", "_trim_every", "failed")
 
-    def __init__(self, staging: Staging, trim_every: int) -> None:
-        self.failed = threading.Event()
+    def __init__(self, staging: Staging, trim_every: int, stop: threading.Event | None = None) -> None:
+        self.failed = threading.Event() if stop is None else stop  # a stop skips what a failure skips
         self._staging = staging
         self._trim_every = trim_every  # rows
         self._since_trim = 0  # rows written since the last trim

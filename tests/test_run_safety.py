@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 import bulkexport
-from bulkexport import BrazeUnavailable, ExportInterrupted
+from bulkexport import BrazeUnavailable, ExportInterrupted, publish
 from bulkexport.checkpoint import Staging
 from bulkexport.limiter import RateController
 from bulkexport.simulator import HOUR, FaultRule, HourlyBraze, Simulator, run_virtual
@@ -351,3 +351,41 @@ async def test_a_cancel_during_the_last_checkpoint_waits_for_its_commit(
     finally:
         gate.set()
         loop.set_exception_handler(None)
+
+
+async def test_a_cancel_during_the_publish_waits_for_the_partitions_being_written(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel during the publish: the partitions being written finish, those not started are
+    skipped, and only then do the state close and the run's lock go; the next run publishes
+    everything."""
+    entered, gate = threading.Event(), threading.Event()
+    close = publish._PartitionWriter.close
+
+    def slow(self: publish._PartitionWriter) -> None:  # a partition's rows are read, its file not done
+        entered.set()
+        gate.wait(30)
+        close(self)
+
+    monkeypatch.setattr(publish._PartitionWriter, "close", slow)
+    pairs = pairs_for(40)
+    task = asyncio.create_task(run(sim, pairs, tmp_path))
+    try:
+        await until(entered.is_set)
+        task.cancel()
+        await asyncio.sleep(0.2)
+        assert not task.done()  # the publishing threads are still writing
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not [t for t in threading.enumerate() if t.name.startswith("bulkexport-publish")]
+        assert 1 <= len(_partitions_written(tmp_path)) <= publish._THREADS  # of 30: the rest skipped
+    finally:
+        gate.set()
+    monkeypatch.undo()
+    await run(sim, pairs, tmp_path)
+    check_equal(tmp_path, sim, pairs)
+
+
+def _partitions_written(out: Path) -> set[Path]:
+    return {f.parent for f in out.glob("send_*/date=*/*.parquet")}
