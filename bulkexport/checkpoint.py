@@ -296,8 +296,13 @@ class Checkpointer:
         """Checkpoint every ``checkpoint_interval`` seconds, or sooner when woken; cancel it
         at the end of the fetch, then :meth:`close`."""
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the inner result
+            # when a cancel arrives just as the wake completes, swallowing the cancel. A worker
+            # waking this loop with the last pair of the fetch, then finishing, is exactly that:
+            # the fetch cancels the loop and would wait for it forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._cfg.checkpoint_interval)
+                async with asyncio.timeout(self._cfg.checkpoint_interval):
+                    await self._wake.wait()
             self._wake.clear()
             # Shielded: cancelling this loop must not abandon a checkpoint between its file
             # write and its commit (the final one waits for it on the lock).

@@ -18,10 +18,14 @@ import orjson
 import pytest
 
 import bulkexport
-from bulkexport import BrazeUnavailable, ExportInterrupted, publish
-from bulkexport.checkpoint import Staging
+from bulkexport import BrazeUnavailable, ExportInterrupted, checkpoint, publish
+from bulkexport.checkpoint import Checkpointer, Staging
+from bulkexport.config import ExportConfig
+from bulkexport.layout import RunLayout
 from bulkexport.limiter import RateController
+from bulkexport.pairs import Pair
 from bulkexport.simulator import HOUR, FaultRule, HourlyBraze, Simulator, run_virtual
+from bulkexport.state import DONE, RunState
 
 from .helpers import (
     ANCHOR,
@@ -301,6 +305,46 @@ def test_an_outage_longer_than_the_budget_stops_the_run() -> None:
     raised, at, verdict = run_virtual(scenario())
     assert isinstance(raised, BrazeUnavailable) and raised is verdict
     assert at is not None and 360.0 <= at <= 361.0 and 300.0 <= verdict.seconds <= 301.0
+
+
+async def test_the_fetch_ending_as_its_last_pair_wakes_the_checkpoint_loop_does_not_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last worker's pair fills the buffer, so it wakes the checkpoint loop, and the
+    worker ends; the fetch, seeing its last worker end, cancels the loop in the same turn of
+    the event loop. On Python 3.11, ``asyncio.wait_for`` returns the finished wake instead of
+    raising that cancel: the loop went on waiting for the next wake (an hour here, forever in
+    effect), and the fetch with it, waiting for the loop to end."""
+    monkeypatch.setattr(checkpoint, "_BUILD_EVERY", 1)  # every pair is built as it arrives
+    day = {"time": "2026-11-27", "messages": {"email": [{"variation_name": "A", "sent": 5}]}}
+    body = orjson.dumps({"message": "success", "data": [day]})  # 2 rows: one per table
+    cfg = ExportConfig.build(endpoint="https://rest.iad-01.braze.com", api_key="k" * 36,
+                             checkpoint_interval=3600, checkpoint_rows=2)  # fmt: skip
+    state = RunState(tmp_path / "run" / "state.sqlite")
+    state.ingest([Pair("c1", "s1")])
+    ((pid, pair),) = state.pending()
+    staging = Staging(RunLayout("r", tmp_path / "run"))
+    staging.prepare()
+    ckpt = Checkpointer(cfg, state, staging)
+    loop_task = asyncio.create_task(ckpt.run())
+    try:
+        await asyncio.sleep(0.05)  # the loop waits to be woken
+
+        async def last_worker() -> None:
+            ckpt.add(pid, pair, body)
+            await ckpt.after_pair()  # 2 rows: wakes the loop, too few to hold the worker back
+
+        worker = asyncio.create_task(last_worker())
+        await asyncio.wait({worker})  # as the fetch's supervisor waits for its workers
+        loop_task.cancel()  # the fetch is over
+        done, _ = await asyncio.wait({loop_task}, timeout=5)
+        assert done == {loop_task} and loop_task.cancelled()
+        await ckpt.close()
+        assert state.count(DONE) == 1
+    finally:
+        loop_task.cancel()  # a loop that swallowed the first cancel must not outlive the test
+        await asyncio.gather(loop_task, return_exceptions=True)
+        state.close()
 
 
 @pytest.mark.parametrize("cancels", [1, 2])

@@ -403,8 +403,11 @@ class Simulator:
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake early when the simulator stops, so shutdown never waits."""
         timeout = None if math.isinf(seconds) else seconds
+        # asyncio.timeout rather than wait_for, which on 3.11 can swallow a cancel (a client
+        # that hangs up) arriving as the simulator stops.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._stopping.wait()
 
 
 async def _fault(
