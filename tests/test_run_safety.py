@@ -30,6 +30,7 @@ from bulkexport.state import DONE, RunState
 from .helpers import (
     ANCHOR,
     API_KEY,
+    ENDING_AT,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_RUN_IN_PROGRESS,
@@ -345,6 +346,20 @@ async def test_the_fetch_ending_as_its_last_pair_wakes_the_checkpoint_loop_does_
         loop_task.cancel()  # a loop that swallowed the first cancel must not outlive the test
         await asyncio.gather(loop_task, return_exceptions=True)
         state.close()
+
+
+async def test_an_export_of_640_pairs_with_every_default_finishes(sim: Simulator, tmp_path: Path) -> None:
+    """The race above with nothing tuned: 64 workers, a build every 128 responses, checkpoints
+    of 32,768 rows or 5 s. These 640 pairs reach 32,768 rows at the 640th response, a build:
+    the last worker wakes the checkpoint loop and ends. Before the fix this export hung
+    forever, 3 times out of 3."""
+    wanted = pairs_for(640)
+    async with asyncio.timeout(60):
+        summary = await bulkexport.export_async(
+            wanted, tmp_path, endpoint=sim.url, api_key=API_KEY, ending_at=ENDING_AT, length=15, reserve=0.0
+        )
+    assert (summary.pairs_done, summary.pairs_failed) == (640, 0)
+    check_equal(tmp_path, sim, wanted)
 
 
 @pytest.mark.parametrize(
