@@ -82,6 +82,20 @@ async def test_files_depend_on_partitions_not_pairs(sim: Simulator, tmp_path: Pa
     assert not [p for p in many.rglob("*") if p.name.startswith(".")]
 
 
+def held_checkpointers(monkeypatch: pytest.MonkeyPatch) -> list[Checkpointer]:
+    """Every Checkpointer the export makes, held by the test (so only ``close`` ends its
+    thread, and a spy can read its state)."""
+    made: list[Checkpointer] = []
+    init = Checkpointer.__init__
+
+    def keep(self: Checkpointer, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Checkpointer, "__init__", keep)
+    return made
+
+
 async def test_every_checkpoint_is_written_on_one_thread_that_ends_with_the_fetch(
     sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -89,19 +103,14 @@ async def test_every_checkpoint_is_written_on_one_thread_that_ends_with_the_fetc
     shared pool land on any of its idle threads, and each arena keeps a checkpoint's worth of
     freed memory (bulkexport.checkpoint)."""
     threads: list[tuple[str, int]] = []
-    checkpointers: list[Checkpointer] = []  # held, so only close() can end the thread
-    write, init = Staging.write, Checkpointer.__init__
+    checkpointers = held_checkpointers(monkeypatch)  # so only close() can end the thread
+    write = Staging.write
 
     def spy(self: Staging, seq: int, tables: dict[str, list[pa.RecordBatch]]) -> object:
         threads.append((threading.current_thread().name, threading.get_ident()))
         return write(self, seq, tables)
 
-    def keep(self: Checkpointer, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        checkpointers.append(self)
-
     monkeypatch.setattr(Staging, "write", spy)
-    monkeypatch.setattr(Checkpointer, "__init__", keep)
     sim.latency = 0.02  # a fetch of ~1 s: a checkpoint every few responses
     pairs = pairs_for(300)
     await run(sim, pairs, tmp_path, checkpoint_interval=0.01, concurrency=8)
@@ -122,8 +131,8 @@ async def test_a_slow_disk_holds_the_workers_back_before_the_rows_held_pass_two_
     monkeypatch.setattr(checkpoint, "_BUILD_EVERY", 1)  # rows counted as each response arrives
     limit, concurrency = 400, 4
     held: list[int] = []  # rows in memory as each checkpoint is written
-    checkpointers: list[Checkpointer] = []
-    write, init = Staging.write, Checkpointer.__init__
+    checkpointers = held_checkpointers(monkeypatch)
+    write = Staging.write
 
     def slow_disk(self: Staging, seq: int, tables: dict[str, list[pa.RecordBatch]]) -> object:
         held.append(sum(b.num_rows for bs in tables.values() for b in bs) + checkpointers[0]._rows)
@@ -131,12 +140,7 @@ async def test_a_slow_disk_holds_the_workers_back_before_the_rows_held_pass_two_
         held.append(sum(b.num_rows for bs in tables.values() for b in bs) + checkpointers[0]._rows)
         return write(self, seq, tables)
 
-    def keep(self: Checkpointer, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        checkpointers.append(self)
-
     monkeypatch.setattr(Staging, "write", slow_disk)
-    monkeypatch.setattr(Checkpointer, "__init__", keep)
     pairs = pairs_for(400)
     await run(sim, pairs, tmp_path, checkpoint_rows=limit, concurrency=concurrency, checkpoint_interval=3600)
     stats, totals = check_equal(tmp_path, sim, pairs)
