@@ -238,7 +238,7 @@ class Checkpointer:
     rows held: those buffered plus those of the checkpoint being written. Workers wait when
     both together reach twice ``checkpoint_rows`` (a disk, or a checkpoint thread short of
     CPU, slower than the network): counting the buffer alone let it reach twice that while
-    an equal checkpoint was still being written, 150-159 MB at the peak of an unthrottled
+    an equal checkpoint was still being written, 156-159 MB at the peak of an unthrottled
     run of typical responses where the bound holds it at 129-140.
     """
 

@@ -127,7 +127,7 @@ async def test_a_slow_disk_holds_the_workers_back_before_the_rows_held_pass_two_
     the disk is slower than the network, the workers wait once both together reach twice
     ``checkpoint_rows``: counting only the buffer let it fill to twice that while an equal
     checkpoint was still being written (at 0 ms with typical responses, a 6,000-pair export
-    peaked at 150-159 MB that way, 129-140 MB with the bound)."""
+    peaked at 156-159 MB that way, 129-140 MB with the bound)."""
     monkeypatch.setattr(checkpoint, "_BUILD_EVERY", 1)  # rows counted as each response arrives
     limit, concurrency = 400, 4
     held: list[int] = []  # rows in memory as each checkpoint is written
