@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +136,12 @@ async def test_a_slow_disk_holds_the_workers_back_before_the_rows_held_pass_two_
     write = Staging.write
 
     def slow_disk(self: Staging, seq: int, tables: dict[str, list[pa.RecordBatch]]) -> object:
-        held.append(sum(b.num_rows for bs in tables.values() for b in bs) + checkpointers[0]._rows)
+        def rows_held() -> int:  # being written, plus buffered
+            return sum(b.num_rows for bs in tables.values() for b in bs) + checkpointers[0]._rows
+
+        held.append(rows_held())
         time.sleep(0.1)  # the buffer fills meanwhile
-        held.append(sum(b.num_rows for bs in tables.values() for b in bs) + checkpointers[0]._rows)
+        held.append(rows_held())
         return write(self, seq, tables)
 
     monkeypatch.setattr(Staging, "write", slow_disk)
@@ -145,11 +149,11 @@ async def test_a_slow_disk_holds_the_workers_back_before_the_rows_held_pass_two_
     await run(sim, pairs, tmp_path, checkpoint_rows=limit, concurrency=concurrency, checkpoint_interval=3600)
     stats, totals = check_equal(tmp_path, sim, pairs)
     # Past the bound by at most the responses in flight when it was reached (one a worker).
-    per_pair: dict[tuple[str, str], int] = {}
-    for table in ("send_stats", "send_totals"):
-        for row in bulkexport.read_table(tmp_path, table).select(["campaign_id", "send_id"]).to_pylist():
-            key = (row["campaign_id"], row["send_id"])
-            per_pair[key] = per_pair.get(key, 0) + 1
+    per_pair = Counter(
+        (row["campaign_id"], row["send_id"])
+        for table in ("send_stats", "send_totals")
+        for row in bulkexport.read_table(tmp_path, table).select(["campaign_id", "send_id"]).to_pylist()
+    )
     most = max(per_pair.values())
     assert stats + totals > 8 * limit and len(held) >= 8
     assert max(held) <= 2 * limit + concurrency * most < 4 * limit, (held, most)
