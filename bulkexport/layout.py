@@ -21,6 +21,7 @@ campaign and send ids never become paths, whatever characters they contain.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ __all__ = ["STATE_DIR", "RunLayout"]
 
 #: Folder under the output root for run documents (and, locally, run state).
 STATE_DIR = "_bulkexport"
+#: A published file's name: run id, generation, number (see RunLayout.part).
+_PART = re.compile(r"part-(.+)-(\d+)-(\d{5,})\.parquet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +75,13 @@ class RunLayout:
         """A table's partition folder, relative to the dataset root (Hive style)."""
         return f"{table}/date={day}"
 
-    def part_prefix(self, gen: int) -> str:
-        return f"part-{self.run_id}-{gen}-"
-
     def part(self, gen: int, n: int) -> str:
         """A published Parquet file's name (under its partition folder)."""
-        return f"{self.part_prefix(gen)}{n:05d}.parquet"
+        return f"part-{self.run_id}-{gen}-{n:05d}.parquet"
+
+    def is_part(self, name: str, gen: int | None = None) -> bool:
+        """Whether ``name`` is one of this run's published files (of generation ``gen``, or
+        any). Matched whole, not by prefix: run ``a``'s prefix ``part-a-0-`` also starts
+        run ``a-0``'s names, and what matches here gets deleted."""
+        found = _PART.fullmatch(name)
+        return found is not None and found[1] == self.run_id and (gen is None or int(found[2]) == gen)

@@ -114,7 +114,7 @@ class ParquetPublisher:
             return
         directory = self._layout.partition(table, day)
         with storage_errors(f"prepare {self._target.path(directory)}"):
-            self._target.clear_generation(directory, self._layout.part_prefix(gen))
+            self._target.delete_matching(directory, partial(self._layout.is_part, gen=gen))
         writer = _PartitionWriter(self, directory, table, day, gen, numbers[0], on_file)
         staged = shared.files()
         try:

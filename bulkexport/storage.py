@@ -24,7 +24,7 @@ import errno
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -134,10 +134,6 @@ class Target(ABC):
     def publish_file(self, tmp: Path, rel: str) -> int:
         """Make the complete local file ``tmp`` visible as ``rel``; return its size."""
 
-    @abstractmethod
-    def clear_generation(self, rel_dir: str, prefix: str) -> None:
-        """Before a publish generation is written again: remove what an interrupted attempt
-        left under ``prefix`` where writing the same names would not replace it."""
 
     @abstractmethod
     def mirror(self, local: Path, rel: str) -> str:
@@ -156,6 +152,18 @@ class Target(ABC):
     def delete(self, rel: str) -> None:
         if self.exists(rel):
             self._fs.delete_file(self.path(rel))
+
+    def delete_matching(self, rel_dir: str, matches: Callable[[str], bool]) -> int:
+        """Delete the files directly in ``rel_dir`` whose names ``matches``; return how many.
+
+        Publishing clears its generation's names in a partition before writing it again:
+        an interrupted attempt's files are not always replaced by name, since file numbers
+        are counted per table across dates, and a rerun that adds pairs of an earlier date
+        shifts them (the old files would stay beside the new, every row twice)."""
+        doomed = [name for name in self.list_names(rel_dir) if matches(name)]
+        for name in doomed:
+            self.delete(f"{rel_dir}/{name}")
+        return len(doomed)
 
     def list_names(self, rel_dir: str) -> list[str]:
         """Names of the files directly in ``rel_dir`` (empty if it does not exist)."""
@@ -190,9 +198,6 @@ class LocalTarget(Target):
         commit_file(tmp, self.local_path(rel))
         return size
 
-    def clear_generation(self, rel_dir: str, prefix: str) -> None:
-        pass  # the rename of each file replaces what an earlier attempt left
-
     def mirror(self, local: Path, rel: str) -> str:
         return str(local)  # the state folder is inside the output already
 
@@ -225,13 +230,6 @@ class ObjectStoreTarget(Target):
         finally:
             tmp.unlink(missing_ok=True)
         return size
-
-    def clear_generation(self, rel_dir: str, prefix: str) -> None:
-        # Objects of this generation left by an interrupted publish (possibly on another
-        # machine) go before it is written again: there is no rename to replace them.
-        for name in self.list_names(rel_dir):
-            if name.startswith(prefix):
-                self.delete(f"{rel_dir}/{name}")
 
     def mirror(self, local: Path, rel: str) -> str:
         self._upload(local, rel)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import random
 import signal
 import time
+from datetime import date
 from pathlib import Path
 
 import orjson
 import pytest
 
+from bulkexport.errors import StorageError
 from bulkexport.simulator import FaultRule, Simulator
 
 from .helpers import (
@@ -33,6 +35,7 @@ from .helpers import (
     committed_pairs,
     pairs_for,
     request_log,
+    run,
     run_dir,
     write_pairs,
 )
@@ -340,6 +343,33 @@ async def test_unwritable_dataset_folder_at_publish_is_a_storage_error(sim: Simu
     assert fixed.requests == 0  # committed pairs are not fetched again
     check_equal(out, sim, pairs)
     assert_clean_dataset(out)
+
+
+async def test_a_failed_publish_redone_with_pairs_of_earlier_days_writes_each_row_once(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """File numbers are counted per table across dates. A publish fails at its last
+    send_stats partition after writing the earlier ones; the rerun adds pairs of earlier days,
+    which shifts every partition's numbers, so the files the failed publish left are not
+    replaced by name. They are cleared before each partition is written again: every row
+    once, and exactly the files the manifest lists."""
+    out = tmp_path / "out"
+    pairs = pairs_for(80, prefix="e-")
+    late = [p for p in pairs if sim.send_date(*p) >= date(2026, 11, 20)]  # days 11-20 .. 11-27
+    early = [p for p in pairs if sim.send_date(*p) <= date(2026, 11, 10)]  # days 11-13 .. 11-23
+    assert len(late) >= 10 and len(early) >= 10
+    (out / "send_stats").mkdir(parents=True)
+    (out / "send_stats" / "date=2026-11-27").write_text("in the way")  # the last partition fails
+    with pytest.raises(StorageError, match="date=2026-11-27"):
+        await run(sim, late, out)
+    left = sorted(p.relative_to(out).as_posix() for p in (out / "send_stats").rglob("*.parquet"))
+    assert len(left) == 7  # 11-20 .. 11-26, published before the failure
+    (out / "send_stats" / "date=2026-11-27").unlink()
+    summary = await run(sim, late + early, out)
+    assert summary.status == "complete" and summary.pairs_added == len(early)
+    check_equal(out, sim, late + early)
+    assert_clean_dataset(out)
+    assert not set(left) <= {p.relative_to(out).as_posix() for p in (out / "send_stats").rglob("*.parquet")}
 
 
 # -- 5. the failures file, and --retry-failed -------------------------------------------------------

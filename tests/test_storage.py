@@ -10,6 +10,7 @@ import resource
 import signal
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from bulkexport.layout import RunLayout
 from bulkexport.pairs import Pair
 from bulkexport.simulator import Simulator
 from bulkexport.state import FAILED, PENDING, PartRecord, RunState
+from bulkexport.storage import open_target
 
 from .helpers import API_KEY, pairs_for
 
@@ -127,3 +129,24 @@ async def test_a_checkpoint_failing_after_its_loop_was_cancelled_fails_the_final
         gate.set()
         state.close()
         loop.set_exception_handler(None)
+
+
+@pytest.mark.parametrize("kind", ["local", "object store"])
+def test_clearing_a_generation_deletes_that_runs_names_only(tmp_path: Path, kind: str) -> None:
+    """Run ids may hold dashes and digits: run ``a``'s generation 0 prefix, ``part-a-0-``,
+    also starts run ``a-0``'s names. Names are matched whole, so clearing run ``a``'s
+    generation 0 leaves every other run's files, and its own other generations."""
+    root = tmp_path / "out"
+    target = open_target(root if kind == "local" else f"file://{root}")
+    folder = root / "send_stats" / "date=2026-11-20"
+    folder.mkdir(parents=True)
+    names = ["part-a-0-00000.parquet", "part-a-0-00017.parquet", "part-a-1-00000.parquet",
+             "part-a-0-0-00000.parquet", "part-a-00-00000.parquet.tmp", ".part-a-0-00001.parquet.tmp",
+             "part-b-0-00000.parquet", "part-a-0-7.parquet", "other.parquet"]  # fmt: skip
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    layout = RunLayout.of(target, "a")
+    assert target.delete_matching("send_stats/date=2026-11-20", partial(layout.is_part, gen=0)) == 2
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names[2:])
+    assert [n for n in names[2:] if RunLayout.of(target, "a-0").is_part(n)] == ["part-a-0-0-00000.parquet"]
+    assert [n for n in names[2:] if layout.is_part(n)] == ["part-a-1-00000.parquet"]
