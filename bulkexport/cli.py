@@ -167,7 +167,8 @@ def _stopped(exc: RunStopped) -> int:
     """A run that stopped early: why, then what is committed, and the code that says what a
     scheduler should do next."""
     if isinstance(exc, StorageError):
-        log.error("%s; the published dataset is unchanged by the failed write", exc)
+        log.error("%s; what the run committed is kept: run the same command again once storage is fixed (files "
+                  "of a publish it interrupted are replaced, never duplicated)", exc)  # fmt: skip
         code = EXIT_STORAGE
     elif isinstance(exc, AuthError):
         log.error("%s", exc)

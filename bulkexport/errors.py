@@ -115,7 +115,9 @@ class AuthError(RunStopped):
 
 
 class StorageError(RunStopped):
-    """Raised when output or state cannot be written; the published dataset is unchanged."""
+    """Raised when output or state cannot be written. What the run committed is kept; a
+    publish it interrupted may have made some of its files visible, which the resume
+    replaces (earlier runs' files are never touched)."""
 
 
 class ExportInterrupted(RunStopped):

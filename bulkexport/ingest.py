@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .pairs import IdCheck, iter_items, iter_pair_file, pair_from_item
-from .state import Ingested, RunState
+from .state import Doomed, Ingested, RunState
 from .summary import ExportSummary
 
 __all__ = ["ingest"]
@@ -25,17 +25,22 @@ __all__ = ["ingest"]
 log = logging.getLogger("bulkexport")
 
 
-async def ingest(state: RunState, source: Any, pairs_format: str | None, summary: ExportSummary) -> None:
+async def ingest(
+    state: RunState, source: Any, pairs_format: str | None, summary: ExportSummary, replace: Doomed | None = None
+) -> None:
     """Add ``source`` (a pairs file, or an iterable or async iterable of pairs) to the run,
-    and count what it held into ``summary``."""
+    and count what it held into ``summary``; with ``replace`` (``--overwrite``), make it a
+    new run in place of the old one, once the whole input has passed its checks (see
+    :meth:`RunState.ingest`)."""
     check = IdCheck()
-    had = state.count()
+    had = 0 if replace is not None else state.count()
     if isinstance(source, str | Path):
-        got = await asyncio.to_thread(state.ingest, (p for _, p in iter_pair_file(source, pairs_format, check)))
+        pairs = (p for _, p in iter_pair_file(source, pairs_format, check))
+        got = await asyncio.to_thread(state.ingest, pairs, replace=replace)
     elif isinstance(source, AsyncIterable):
-        got = await _ingest_async(state, source, check)
+        got = await _ingest_async(state, source, check, replace)
     elif isinstance(source, Iterable):
-        got = await asyncio.to_thread(state.ingest, (p for _, p in iter_items(source, check=check)))
+        got = await asyncio.to_thread(state.ingest, (p for _, p in iter_items(source, check=check)), replace=replace)
     else:
         raise ConfigError(f"pairs must be a file path or an iterable of pairs, not {type(source).__name__}")
     s = summary
@@ -52,8 +57,10 @@ async def ingest(state: RunState, source: Any, pairs_format: str | None, summary
                  had)  # fmt: skip
 
 
-async def _ingest_async(state: RunState, source: AsyncIterable[Any], check: IdCheck) -> Ingested:
-    state.begin_ingest()
+async def _ingest_async(
+    state: RunState, source: AsyncIterable[Any], check: IdCheck, replace: Doomed | None
+) -> Ingested:
+    state.begin_ingest(replace=replace is not None)
     read, buf = 0, []
     try:
         async for item in source:
@@ -65,5 +72,5 @@ async def _ingest_async(state: RunState, source: AsyncIterable[Any], check: IdCh
     except BaseException:
         state.abort_ingest()
         raise
-    unique, added = state.finish_ingest()
+    unique, added = state.finish_ingest(replace)
     return Ingested(read, unique, added)

@@ -42,9 +42,9 @@ from .ingest import ingest
 from .inputs import retention_warning
 from .lakehouse._store import check_output
 from .layout import RunLayout
-from .publish import ParquetPublisher, RunDocuments
+from .publish import DOCUMENTS, ParquetPublisher, RunDocuments
 from .runlock import RunLock
-from .state import DONE, FAILED, PENDING, RunState
+from .state import DONE, FAILED, PENDING, Doomed, RunState
 from .storage import open_target, storage_errors
 from .summary import FINISHED, ExportSummary, Progress
 
@@ -75,6 +75,11 @@ async def _to_the_end(step: Awaitable[None], what: str, *, on_cancel: Callable[[
         task.add_done_callback(functools.partial(_log_late_failure, what))
         await asyncio.wait({task})
         raise
+
+
+def _params(cfg: ExportConfig) -> dict[str, Any]:
+    """What a run is: a rerun with other values is another run (or needs --overwrite)."""
+    return {"endpoint": cfg.endpoint, "length": cfg.length, "ending_at": format_ending_at(cfg.ending_at)}
 
 
 def _log_late_failure(what: str, task: asyncio.Future[None]) -> None:
@@ -160,12 +165,15 @@ class Exporter:
                         "this input was not compared with them; use --run-id to export new pairs", self.cfg.run_id,
                         self.out)  # fmt: skip
             return s
-        state, cfg = self._open()
+        state, cfg, replace = self._open()
+        await ingest(state, source, self._pairs_format, s, replace)
+        if replace is not None:
+            state.put("params", _params(cfg))
+        await self._remove_replaced(state)  # also what an --overwrite killed before the end left
         if self._lake is not None:
             await self._lake.open(self._target, state)
         else:
             await asyncio.to_thread(check_output, self._target, "parquet")
-        await ingest(state, source, self._pairs_format, s)
         if self._retry_failed:
             n = state.reset_failed()
             log.info("retrying %d pair(s) that failed before", n)
@@ -201,22 +209,29 @@ class Exporter:
                  f"{s.files} files" if not s.tables else f"tables at {s.tables}")  # fmt: skip
         return s
 
-    def _open(self) -> tuple[RunState, ExportConfig]:
+    def _open(self) -> tuple[RunState, ExportConfig, Doomed | None]:
         """The run's state, and its resolved configuration: a run started earlier today with
-        "now" as its end resumes with that end, so all its pairs describe one series."""
+        "now" as its end resumes with that end, so all its pairs describe one series.
+
+        With ``--overwrite`` and an earlier run, also what the new run, once its input has
+        passed its checks, replaces: nothing is deleted here (a mistyped or bad pairs file
+        must not cost the earlier run its data)."""
         cfg = self.cfg
         path = self._layout.state_db
-        if cfg.overwrite and path.exists():
-            old = RunState(path)
-            published = [p[0] for p in old.published()]
-            old.close()
-            self._documents.remove_run(published)
-            log.info("--overwrite: removed run %s (%d published files)", cfg.run_id, len(published))
+        replacing = cfg.overwrite and path.exists()
         self._staging.prepare()
         with storage_errors(f"use the output {self._target.uri}"):
             self._target.check()  # fails now, not after the fetch
         state = self._state = RunState(path)
-        params = {"endpoint": cfg.endpoint, "length": cfg.length, "ending_at": format_ending_at(cfg.ending_at)}
+        if replacing:
+            # Every file of the run in every partition it staged rows for (published or not:
+            # a publish that failed or was killed left files no table lists), and its documents.
+            partitions = [] if self._lake is not None else state.partitions()
+            return state, cfg, [
+                *(("partition", self._layout.partition(table, day)) for table, day in partitions),
+                *(("document", name) for name in DOCUMENTS),
+            ]
+        params = _params(cfg)
         known = state.get("params")
         if known is None:
             state.put("params", params)
@@ -227,7 +242,17 @@ class Exporter:
             diff = ", ".join(f"{k}: {known.get(k)!r} then, {v!r} now" for k, v in params.items() if known.get(k) != v)
             raise ConfigError(f"run {cfg.run_id} already exists in {self.out} with other parameters ({diff}); "
                               "pass the same values to resume it, --run-id for a new run, or --overwrite")  # fmt: skip
-        return state, cfg
+        return state, cfg, None
+
+    async def _remove_replaced(self, state: RunState) -> None:
+        """Delete what an ``--overwrite`` replaced (recorded with the new run's pairs, so an
+        invocation killed halfway leaves the rest to the next one), before anything is
+        published again under the same names."""
+        doomed = state.doomed()
+        if doomed:
+            removed = await asyncio.to_thread(self._documents.remove_replaced, doomed, self._layout.is_part)
+            state.clear_doomed()
+            log.info("--overwrite: removed run %s (%d published files)", self.cfg.run_id, removed)
 
     async def _fetch(self, state: RunState, cfg: ExportConfig, pending: int) -> None:
         s = self.summary

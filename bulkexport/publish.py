@@ -17,7 +17,6 @@ Everything here is synchronous and runs in a worker thread; Arrow and Parquet re
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,14 +33,17 @@ from . import memory
 from .checkpoint import StagedFiles, Staging
 from .layout import RunLayout
 from .schema import TABLES
-from .state import PartRecord
+from .state import Doomed, PartRecord
 from .storage import TMP_SUFFIX, Target, commit_file, storage_errors
 from .summary import FINISHED
 
-__all__ = ["OnFile", "ParquetPublisher", "RunDocuments"]
+__all__ = ["DOCUMENTS", "OnFile", "ParquetPublisher", "RunDocuments"]
 
 #: Dictionary pages pay for repeated strings; for counts they cost time and no space.
 _DICTIONARY_COLUMNS = ("campaign_id", "send_id", "channel", "variation_name", "variation_api_id", "run_id")
+
+#: A run's documents, in its state folder and mirrored next to the data.
+DOCUMENTS = ("manifest.json", "failures.jsonl")
 
 #: Called once a file is visible: (path relative to the dataset, table, date, rows, bytes).
 OnFile = Callable[[str, str, str, int, int], None]
@@ -359,15 +361,19 @@ class RunDocuments:
         except (orjson.JSONDecodeError, AttributeError):
             return False
 
-    def remove_run(self, published: list[str]) -> None:
-        """``--overwrite``: delete a run's published files, mirrored documents and state."""
+    def remove_replaced(self, doomed: Doomed, is_part: Callable[[str], bool]) -> int:
+        """``--overwrite``: delete the replaced run's published files (``is_part`` tells them
+        in each of its partitions) and documents; return how many files went."""
+        removed = 0
         with storage_errors("remove the earlier run"):
-            for rel in published:
-                self._target.delete(rel)
-            for name in ("manifest.json", "failures.jsonl"):
-                if self._target.finished_elsewhere_document(self._layout.mirrored(name)) is not None:
-                    self._target.delete(self._layout.mirrored(name))
-            shutil.rmtree(self._layout.run_dir, ignore_errors=True)
+            for kind, rel in doomed:
+                if kind == "partition":
+                    removed += self._target.delete_matching(rel, is_part)
+                else:
+                    self._layout.document(rel).unlink(missing_ok=True)
+                    if self._target.finished_elsewhere_document(self._layout.mirrored(rel)) is not None:
+                        self._target.delete(self._layout.mirrored(rel))
+        return removed
 
 
 def _write_private(path: Path, chunks: Iterable[bytes]) -> None:

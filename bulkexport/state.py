@@ -22,7 +22,7 @@ from .errors import StorageError
 from .pairs import Pair
 from .storage import private_file
 
-__all__ = ["DONE", "FAILED", "PENDING", "Failure", "Ingested", "PartRecord", "RunState"]
+__all__ = ["DONE", "FAILED", "PENDING", "Doomed", "Failure", "Ingested", "PartRecord", "RunState"]
 
 PENDING, DONE, FAILED = 0, 1, 2
 _SCHEMA_VERSION = 1
@@ -30,6 +30,11 @@ _UNPUBLISHED = (
     "SELECT seq, tbl, date, batch, rows, file FROM parts WHERE gen IS NULL AND (? IS NULL OR tbl = ?) "
     "ORDER BY tbl, date, seq"
 )  # publishing order, served by the index parts_unpublished
+#: An --overwrite forgets the old run (in the transaction that ingests the new one).
+_FORGET_RUN = (
+    "DELETE FROM failures", "DELETE FROM published", "DELETE FROM parts", "DELETE FROM pairs", "DELETE FROM doomed",
+    "DELETE FROM meta WHERE key != 'schema_version'",
+)
 _UPSERT_META = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 
 _DDL = """
@@ -69,7 +74,14 @@ CREATE TABLE IF NOT EXISTS published (
     rows INTEGER NOT NULL,
     bytes INTEGER NOT NULL
 );
+-- What an --overwrite replaced and has yet to delete from the output (see RunState.ingest).
+CREATE TABLE IF NOT EXISTS doomed (kind TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (kind, path));
 """
+
+
+#: What an --overwrite left to delete: ("partition", folder) for the old run's published
+#: files there, ("document", name) for its manifest and failures file.
+Doomed = list[tuple[str, str]]
 
 
 class Ingested(NamedTuple):
@@ -163,11 +175,17 @@ class RunState:
             raise StorageError(f"cannot write run state {self.path}: {exc}") from exc
 
     # -- pairs -------------------------------------------------------------------------------
-    def ingest(self, pairs: Iterable[Pair], chunk: int = 10_000) -> Ingested:
+    def ingest(self, pairs: Iterable[Pair], chunk: int = 10_000, *, replace: Doomed | None = None) -> Ingested:
         """Add pairs to the run, in one transaction; duplicates and pairs already in the run
         are ignored, so ingesting the same input twice changes nothing, and a new input adds
-        exactly its new pairs (the run's pairs are the union of its inputs)."""
-        self.begin_ingest()
+        exactly its new pairs (the run's pairs are the union of its inputs).
+
+        ``replace`` (``--overwrite``): the input becomes a new run in place of this one, in
+        the same transaction, and ``replace`` (what the old run left in the output) is kept
+        in :meth:`doomed` for the caller to delete. So an input that fails its checks (a bad
+        line, a missing file) leaves the old run as it was, and a crash between the commit
+        and the deletions leaves them recorded for the next invocation."""
+        self.begin_ingest(replace=replace is not None)
         read = 0
         buf: list[Pair] = []
         try:
@@ -179,10 +197,10 @@ class RunState:
         except BaseException:
             self.abort_ingest()
             raise
-        unique, added = self.finish_ingest()
+        unique, added = self.finish_ingest(replace)
         return Ingested(read, unique, added)
 
-    def begin_ingest(self) -> None:
+    def begin_ingest(self, *, replace: bool = False) -> None:
         """Start spooling; until :meth:`finish_ingest` nothing is visible to a resume.
 
         An empty run takes the pairs directly. A run that has pairs gets them through a
@@ -191,7 +209,7 @@ class RunState:
         reruns, never memory.
         """
         try:
-            self._fresh = self.count() == 0
+            self._fresh = self.count() == 0 and not replace
             self._db.execute("BEGIN")
             if not self._fresh:
                 self._db.execute(
@@ -218,9 +236,15 @@ class RunState:
         buf.clear()
         return n
 
-    def finish_ingest(self) -> tuple[int, int]:
-        """Commit the spool; return ``(unique pairs in the input, pairs new to the run)``."""
+    def finish_ingest(self, replace: Doomed | None = None) -> tuple[int, int]:
+        """Commit the spool; return ``(unique pairs in the input, pairs new to the run)``.
+        With ``replace`` (from ``begin_ingest(replace=True)``), the spool replaces the run:
+        see :meth:`ingest`."""
         try:
+            if replace is not None:
+                for sql in _FORGET_RUN:
+                    self._db.execute(sql)
+                self._db.executemany("INSERT OR IGNORE INTO doomed(kind, path) VALUES (?, ?)", replace)
             if self._fresh:
                 unique = added = self.count()
             else:
@@ -353,6 +377,18 @@ class RunState:
         with self._transaction() as db:
             db.executemany("INSERT OR REPLACE INTO published(path, tbl, date, rows, bytes) VALUES (?, ?, ?, ?, ?)",
                            files)  # fmt: skip
+
+    def partitions(self) -> list[tuple[str, str]]:
+        """(table, date) of every part this run staged, published or not: where its files are."""
+        return list(self._db.execute("SELECT DISTINCT tbl, date FROM parts ORDER BY tbl, date"))
+
+    def doomed(self) -> Doomed:
+        """What an ``--overwrite`` replaced and has yet to delete (see :meth:`ingest`)."""
+        return list(self._db.execute("SELECT kind, path FROM doomed ORDER BY kind, path"))
+
+    def clear_doomed(self) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM doomed")
 
     def published(self) -> list[tuple[str, str, str, int, int]]:
         return list(self._db.execute("SELECT path, tbl, date, rows, bytes FROM published ORDER BY path"))

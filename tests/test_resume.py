@@ -13,11 +13,13 @@ import signal
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from bulkexport.errors import StorageError
+from bulkexport.errors import ConfigError, StorageError
+from bulkexport.publish import RunDocuments
 from bulkexport.simulator import FaultRule, Simulator
 
 from .helpers import (
@@ -370,6 +372,77 @@ async def test_a_failed_publish_redone_with_pairs_of_earlier_days_writes_each_ro
     check_equal(out, sim, late + early)
     assert_clean_dataset(out)
     assert not set(left) <= {p.relative_to(out).as_posix() for p in (out / "send_stats").rglob("*.parquet")}
+
+
+# -- --overwrite: the earlier run goes only for a new one, and goes whole --------------------------
+def _snapshot(out: Path) -> dict[str, bytes]:
+    """Every file of the output, state and documents included, by relative path."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+async def test_overwrite_with_a_missing_or_bad_pairs_input_deletes_nothing(sim: Simulator, tmp_path: Path) -> None:
+    """The input is read and checked before the earlier run is touched: a mistyped path or a
+    bad line is exit 2 (ConfigError) with the earlier run's data, documents and state as they
+    were, and it still reruns as complete. A good input then replaces it."""
+    out = tmp_path / "out"
+    pairs = pairs_for(40, prefix="w-")
+    assert (await run(sim, pairs, out)).status == "complete"
+    before = _snapshot(out)
+    assert sum(name.endswith(".parquet") for name in before) >= 10
+    bad = tmp_path / "bad.csv"
+    bad.write_text("campaign_id,send_id\nc1,s1\nc2,\n")
+    for source, message in ((tmp_path / "typo.csv", "no such file"), (bad, "send_id is empty")):
+        with pytest.raises(ConfigError, match=message):
+            await run(sim, source, out, overwrite=True)
+        assert _snapshot(out) == before
+    requests = sim.stats.requests
+    assert (await run(sim, pairs, out)).status == "already_complete" and sim.stats.requests == requests
+    others = pairs_for(12, prefix="x-")
+    redo = await run(sim, others, out, overwrite=True)
+    assert redo.status == "complete" and redo.pairs_total == 12 and redo.pairs_added == 12
+    check_equal(out, sim, others)  # nothing of the earlier run
+    assert_clean_dataset(out)
+
+
+async def test_overwrite_after_a_failed_publish_removes_the_files_it_left(sim: Simulator, tmp_path: Path) -> None:
+    """A publish that failed halfway left files that no table of the state lists: an
+    --overwrite with other pairs removes them too (every file of the run in every partition
+    it staged rows for), so the dataset holds the new pairs' rows only."""
+    out = tmp_path / "out"
+    (out / "send_stats").mkdir(parents=True)
+    (out / "send_stats" / "date=2026-11-27").write_text("in the way")
+    with pytest.raises(StorageError):
+        await run(sim, pairs_for(60, prefix="f-"), out)
+    assert len(list((out / "send_stats").rglob("*.parquet"))) >= 5
+    (out / "send_stats" / "date=2026-11-27").unlink()
+    others = pairs_for(15, prefix="g-")
+    assert (await run(sim, others, out, overwrite=True)).status == "complete"
+    check_equal(out, sim, others)
+    assert_clean_dataset(out)
+
+
+async def test_an_overwrite_stopped_before_its_deletions_leaves_them_to_the_next_run(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new run's pairs and the list of what to delete are one transaction: an overwrite
+    that stops right after it (here: the output fails as the deletions start) leaves them
+    recorded, and the next invocation, without --overwrite, deletes them before it publishes."""
+    out = tmp_path / "out"
+    await run(sim, pairs_for(30, prefix="h-"), out)
+    real = RunDocuments.remove_replaced
+
+    def failing(self: RunDocuments, *args: Any) -> int:
+        raise StorageError("cannot remove the earlier run: Input/output error")
+
+    monkeypatch.setattr(RunDocuments, "remove_replaced", failing)
+    others = pairs_for(10, prefix="k-")
+    with pytest.raises(StorageError, match="earlier run"):
+        await run(sim, others, out, overwrite=True)
+    monkeypatch.setattr(RunDocuments, "remove_replaced", real)
+    again = await run(sim, others, out)
+    assert again.status == "complete" and again.pairs_total == 10
+    check_equal(out, sim, others)
+    assert_clean_dataset(out)
 
 
 # -- 5. the failures file, and --retry-failed -------------------------------------------------------
