@@ -8,6 +8,7 @@ and never about aiohttp classes. No pyarrow here: bodies leave as bytes.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
 from urllib.parse import quote
@@ -26,7 +27,7 @@ from .errors import (
     ServerError,
     TransportError,
 )
-from .limiter import RateController, retry_after_seconds
+from .limiter import RateController, Ticket, retry_after_seconds
 from .pairs import Pair
 
 __all__ = ["BrazeClient", "format_ending_at"]
@@ -81,7 +82,7 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
 class BrazeClient:
     """Fetches one pair per call; pacing is the limiter's job, retrying is the caller's."""
 
-    __slots__ = ("_cfg", "_limiter", "_prefix", "_session", "requests", "statuses")
+    __slots__ = ("_cfg", "_limiter", "_prefix", "_session", "canary", "requests", "statuses")
 
     def __init__(self, cfg: ExportConfig, limiter: RateController) -> None:
         self._cfg = cfg  # endpoint, key, timeouts
@@ -94,6 +95,9 @@ class BrazeClient:
         )
         self.requests = 0  # attempts sent
         self.statuses: dict[int, int] = {}  # HTTP status -> count
+        #: A pair Braze answered with a 200 in this run: asked again when failures are
+        #: ambiguous (see :meth:`ask_canary`). The caller may seed it from earlier sessions.
+        self.canary: Pair | None = None
 
     @property
     def limiter(self) -> RateController:
@@ -127,20 +131,33 @@ class BrazeClient:
             await self._session.close()
             self._session = None
 
-    def url(self, pair: Pair) -> URL:
-        """The request URL; ids are percent-encoded whatever characters they hold."""
-        return URL(
-            f"{self._prefix}&campaign_id={quote(pair.campaign_id, safe='')}"
-            f"&send_id={quote(pair.send_id, safe='')}",
-            encoded=True,
-        )
+    async def ask_canary(self, pair: Pair) -> bool:
+        """Ask Braze for the canary (a pair it answered before), under the pace, when the
+        failures of ``pair`` are ambiguous: its attempts are used up while other pairs fail
+        too and nothing was answered well since. The answer reaches the limiter like any
+        other: a 200 says Braze is up, so ``pair``'s failures are its own. False when there
+        is no canary to ask. The body is not kept; a 401/403 stops the run as anywhere."""
+        canary = self.canary
+        if canary is None or canary == pair:
+            return False
+        await self._ask(await self._limiter.acquire(canary), canary)
+        return True
 
-    async def fetch(self, pair: Pair) -> bytes:
-        """One attempt: wait for the limiter, send, classify. Returns a 200's body."""
+    async def _ask(self, ticket: Ticket, canary: Pair) -> None:
+        """Send the canary's request under ``ticket``: only its answer matters (to the
+        limiter); a transport failure is not the asking pair's attempt."""
+        try:
+            status, _, body = await self._send(ticket._replace(key=canary), canary)
+        except TransportError:
+            return
+        if status in (401, 403):
+            raise AuthError(status, _braze_message(body or b""))
+
+    async def _send(self, ticket: Ticket, pair: Pair) -> tuple[int, Mapping[str, str], bytes | None]:
+        """Send the request for ``pair`` under ``ticket``: status, headers and the body (None
+        past the cap). Every ending reaches the limiter, then transport failures raise."""
         session = self._session
         assert session is not None, "use 'async with BrazeClient(...)'"
-        limiter = self._limiter
-        ticket = await limiter.acquire(pair)
         status: int | None = None
         headers = None
         failed = True  # no answer: a timeout, reset or refusal (not a cancellation, see below)
@@ -161,9 +178,31 @@ class BrazeClient:
                 raise
         finally:
             # Every ending reaches the limiter (a probe without an answer must not hold the pool).
-            limiter.finish(ticket, status, headers, failed=failed and status is None)
+            self._limiter.finish(ticket, status, headers, failed=failed and status is None)
         assert status is not None and headers is not None
         self.statuses[status] = self.statuses.get(status, 0) + 1
+        return status, headers, body
+
+    def url(self, pair: Pair) -> URL:
+        """The request URL; ids are percent-encoded whatever characters they hold."""
+        return URL(
+            f"{self._prefix}&campaign_id={quote(pair.campaign_id, safe='')}"
+            f"&send_id={quote(pair.send_id, safe='')}",
+            encoded=True,
+        )
+
+    async def fetch(self, pair: Pair) -> bytes:
+        """One attempt: wait for the limiter, send, classify. Returns a 200's body.
+
+        A start granted as the outage breaker's probe goes to the canary first when there is
+        one: the probe then asks whether Braze answers at all, not whether this pair does (a
+        few pairs Braze always fails must not read as an outage forever)."""
+        limiter = self._limiter
+        ticket = await limiter.acquire(pair)
+        while ticket.probe and limiter.outage_open and self.canary is not None and self.canary != pair:
+            await self._ask(ticket, self.canary)
+            ticket = await limiter.acquire(pair)
+        status, headers, body = await self._send(ticket, pair)
         if body is None:
             too_big = f"response body larger than {self._cfg.max_body_bytes:,} bytes (max_body_bytes); not read"
             if status == 200:
@@ -173,6 +212,7 @@ class BrazeClient:
         # not into a message, a failure reason, a log line or a Parquet value.
         body = self._cfg.api_key.redact_bytes(body)
         if status == 200:
+            self.canary = pair
             return body
         message = _braze_message(body)
         if status == 429:

@@ -146,6 +146,11 @@ class RateController:
         return self._in_flight
 
     @property
+    def outage_open(self) -> bool:
+        """The breaker is open: starts are probes, one at a time, until one is answered."""
+        return self._outage.open
+
+    @property
     def paused(self) -> bool:
         return self._pauses.until > asyncio.get_running_loop().time()
 

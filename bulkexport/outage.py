@@ -8,6 +8,12 @@ at a time, after pauses that grow from one second to thirty, until a probe is an
 outage longer than ``max_outage`` stops the run (:class:`BrazeUnavailable`): resumable, the
 pairs staying pending.
 
+The two look alike once the only pairs left are ones Braze always fails: nothing else is
+asked, so nothing is answered well. The client then asks a pair answered before (its canary:
+:meth:`~bulkexport.client.BrazeClient.ask_canary`, and as the breaker's probe), and the
+answer comes here like any other: a good one is news that Braze is up, so those pairs'
+failures are their own.
+
 Pure bookkeeping on the event loop's clock; the pauses themselves are the controller's.
 """
 

@@ -309,6 +309,11 @@ class RunState:
         finally:
             reader.close()
 
+    def a_done_pair(self) -> Pair | None:
+        """One pair of the run Braze answered well (the fetch's canary), if any."""
+        row = self._db.execute("SELECT campaign_id, send_id FROM pairs WHERE status = ? LIMIT 1", (DONE,)).fetchone()
+        return None if row is None else Pair(*row)
+
     def reset_failed(self) -> int:
         """Make failed pairs pending again (``--retry-failed``); return how many."""
         with self._transaction() as db:

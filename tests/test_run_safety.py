@@ -12,6 +12,7 @@ import random
 import signal
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ import pytest
 import bulkexport
 from bulkexport import BrazeUnavailable, ExportInterrupted, checkpoint, publish
 from bulkexport.checkpoint import Checkpointer, Staging
+from bulkexport.client import BrazeClient
 from bulkexport.config import ExportConfig
+from bulkexport.errors import ServerError
 from bulkexport.layout import RunLayout
 from bulkexport.limiter import RateController
 from bulkexport.pairs import Pair
@@ -43,6 +46,7 @@ from .helpers import (
     committed_pairs,
     free_port,
     pairs_for,
+    request_log,
     run,
     run_dir,
     until,
@@ -197,6 +201,84 @@ async def test_a_lone_pair_failing_at_the_end_of_a_run_still_fails(sim: Simulato
     sim.faults.append(FaultRule(kind="status", status=500, times=None, match=lambda c, s: s == "s00000"))
     summary = await run(sim, pairs_for(1), tmp_path, max_attempts=3, max_outage=30.0)
     assert summary.status == "partial" and summary.pairs_failed == 1
+
+
+def _failed(out: Path) -> dict[tuple[str, str], tuple[int | None, int]]:
+    """The run's failures file: (status, attempts) by pair."""
+    lines = (run_dir(out) / "failures.jsonl").read_bytes().splitlines()
+    return {(f["campaign_id"], f["send_id"]): (f["status"], f["attempts"]) for f in map(orjson.loads, lines)}
+
+
+@pytest.mark.parametrize(
+    ("case", "backoff"),
+    [("two at the end", 0.01), ("twenty at the end", 0.01), ("twenty at the end, slow retries", 0.5)],
+)
+async def test_pairs_braze_always_fails_are_failed_not_taken_for_an_outage(
+    sim: Simulator, tmp_path: Path, case: str, backoff: float
+) -> None:
+    """Braze answers 500 for some pairs every time, and well for the rest. Once only those
+    pairs are left, nothing is answered well any more: an outage, or pairs of their own? The
+    run asks a pair Braze answered before (the canary) when a pair's attempts are used up
+    (and as the breaker's probe if their failures opened it: see the test below). Each bad
+    pair fails after exactly its attempts, every other is exported, and the run ends
+    'partial'. (It used to wait for the outage budget and stop 'unavailable', every rerun the
+    same.)"""
+    pairs = pairs_for(120, prefix="v-")
+    bad = set(pairs[-2:] if case == "two at the end" else pairs[-20:])
+    sim.faults.append(FaultRule(kind="status", status=500, times=None, match=lambda c, s: (c, s) in bad))
+    summary = await run(sim, pairs, tmp_path, max_attempts=4, max_outage=15.0, backoff_initial=backoff,
+                        backoff_max=4 * backoff)  # fmt: skip
+    assert summary.status == "partial", summary
+    assert (summary.pairs_done, summary.pairs_failed) == (len(pairs) - len(bad), len(bad))
+    assert _failed(tmp_path) == dict.fromkeys(bad, (500, 4))
+    good = [p for p in pairs if p not in bad]
+    check_equal(tmp_path, sim, good)
+    asked = Counter(p for _, p in request_log(sim))
+    assert {asked[p] for p in bad} == {4}
+    assert sum(asked[p] for p in good) > len(good)  # the canary: a good pair asked again
+
+
+async def test_a_rerun_of_failing_pairs_alone_asks_a_pair_done_before(sim: Simulator, tmp_path: Path) -> None:
+    """--retry-failed of four pairs Braze always fails: nothing in this session is answered
+    well, so the canary comes from the run's state (a pair done in an earlier session). They
+    fail again, 'partial', rather than the run stopping as 'unavailable'."""
+    pairs = pairs_for(40, prefix="r-")
+    bad = set(pairs[::10])
+    sim.faults.append(FaultRule(kind="status", status=500, times=None, match=lambda c, s: (c, s) in bad))
+    first = await run(sim, pairs, tmp_path, max_attempts=3, max_outage=10.0)
+    assert first.status == "partial" and first.pairs_failed == 4
+    served = sim.stats.requests
+    again = await run(sim, pairs, tmp_path, max_attempts=3, max_outage=10.0, retry_failed=True)
+    assert again.status == "partial" and (again.pairs_done, again.pairs_failed) == (36, 4)
+    assert _failed(tmp_path) == dict.fromkeys(bad, (500, 3))
+    asked = Counter(p for _, p in request_log(sim)[served:])
+    assert {asked[p] for p in bad} == {3} and sum(n for p, n in asked.items() if p not in bad) >= 1
+    check_equal(tmp_path, sim, [p for p in pairs if p not in bad])
+
+
+async def test_the_breakers_probe_asks_the_canary_before_its_own_pair(sim: Simulator) -> None:
+    """Three pairs Braze always fails, over more than the breaker's spell with nothing
+    answered meanwhile, open it. The next start, its probe, goes to the canary (the pair
+    answered before) first: the 200 closes the breaker, and only then is the probe's own pair
+    asked. Without the canary, every probe would be one of those pairs, failing, and the
+    pauses would double to the outage budget."""
+    good, bad = Pair("z-0", "s0"), [Pair(f"z-{i}", f"s{i}") for i in (1, 2, 3)]
+    sim.faults.append(FaultRule(kind="status", status=500, times=None, match=lambda c, s: Pair(c, s) in bad))
+    cfg = ExportConfig.build(endpoint=sim.url, api_key=API_KEY, ending_at=ENDING_AT, length=15)
+    async with RateController(limit=100_000, window=1.0) as limiter, BrazeClient(cfg, limiter) as client:
+        await client.fetch(good)
+        assert client.canary == good
+        for pair in bad:
+            if pair == bad[-1]:
+                await asyncio.sleep(2.1)  # the spell
+            with pytest.raises(ServerError):
+                await client.fetch(pair)
+        assert limiter.outage_open
+        served = sim.stats.requests
+        with pytest.raises(ServerError):
+            await client.fetch(bad[0])
+        assert [p for _, p in request_log(sim)[served:]] == [good, bad[0]]
+        assert not limiter.outage_open and limiter.stats.outages == 1
 
 
 # -- honest summaries -------------------------------------------------------------------------
