@@ -203,12 +203,24 @@ class WindowBudget:
     ) -> tuple[float, str, bool]:
         """How long everyone waits after a 429 (new, or on the probe): (seconds, why, whether
         the wait ends at a reset). ``Retry-After`` is the server's instruction for that answer;
-        a 429 without it, or a second one on the probe, waits for ``X-RateLimit-Reset``."""
+        a 429 without it, or a second one on the probe, waits for ``X-RateLimit-Reset``:
+        the window's budget is spent. Unless that 429 itself says the window still has some
+        (``X-RateLimit-Remaining`` above 0): then it is not the hour's limit, and waiting
+        for the reset would cost up to an hour for nothing; the probe's ``Retry-After`` is
+        doubled for each probe refused in a row instead (up to the reset)."""
         retry_after = retry_after_seconds(header(headers, "Retry-After"), wall)
         reset = number(header(headers, "X-RateLimit-Reset")) or self._reset
+        remaining = number(header(headers, "X-RateLimit-Remaining"))
         to_reset = False
         if retry_after is not None and not probe:
             wait, why = retry_after, "Retry-After"
+        elif (
+            retry_after is not None
+            and remaining is not None
+            and remaining > 0
+            and (reset is None or wall + retry_after * 2**escalation < reset)
+        ):
+            wait, why = retry_after * 2**escalation, "Retry-After, doubled: the window has budget left"
         elif reset is not None and reset > wall:
             wait, why, to_reset = reset - wall, "the rate-limit reset", True
         else:  # nothing to go by: back off, doubling while probes keep failing

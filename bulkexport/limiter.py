@@ -13,7 +13,8 @@ Before each start the dispatcher checks, in order:
 
 1. **Pauses.** A 429 pauses everyone: ``Retry-After`` when the server sent one, else until
    ``X-RateLimit-Reset``; then exactly one *probe* goes out and the pool resumes only once it
-   is answered without a 429 (a 429 on the probe waits for the reset). A used-up budget pauses
+   is answered without a 429 (a 429 on the probe waits for the reset, or while it says the
+   window has budget left, for its ``Retry-After`` doubled). A used-up budget pauses
    everyone until the reset, after which the pace is full again at once.
 2. **Outage.** Timeouts, refused connections and 5xx from several pairs with nothing answered
    well for a spell open a breaker: growing pauses, one probe at a time, full pace again once a

@@ -241,6 +241,33 @@ def test_a_429_without_retry_after_waits_for_the_reset_then_probes() -> None:
     assert starts[1] >= starts[0] + 0.2  # the pool resumes once the probe is answered
 
 
+def test_429s_on_the_probe_while_the_window_has_budget_double_retry_after_not_wait_for_the_reset() -> None:
+    """A server refusing now and then with ``Retry-After`` while its own headers say the
+    window has budget left (a burst limit, not the hour's): a probe refused that way waits
+    ``Retry-After`` doubled per refusal in a row (4 s, then 8 s), not the 600 s to the reset;
+    once a probe is answered, the next refusal starts from ``Retry-After`` again."""
+
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        wall = lambda: EPOCH + 3000.0 + loop.time()  # noqa: E731  (600 s before the reset)
+        left = _headers(LIMIT // 2, EPOCH + HOUR, **{"Retry-After": "2"})
+        starts: list[float] = []
+        async with RateController(limit=LIMIT, window=HOUR, reserve=RESERVE, wall=wall) as ctrl:
+            t = await ctrl.acquire()
+            for status in (429, 429, 429, 200, 429, 200):
+                ctrl.finish(t, status, left if status == 429 else _headers(LIMIT // 2, EPOCH + HOUR))
+                t = await ctrl.acquire()
+                starts.append(loop.time())
+        return starts
+
+    starts = run_virtual(scenario())
+    gaps = [b - a for a, b in zip([0.0, *starts], starts, strict=False)]
+    assert 2.0 <= gaps[0] <= 2.2  # Retry-After, plus at most a tenth of it
+    assert 4.0 <= gaps[1] <= 4.4 and 8.0 <= gaps[2] <= 8.8  # doubled per probe refused in a row
+    assert gaps[3] < 0.01  # answered: the pool resumes at once
+    assert 2.0 <= gaps[4] <= 2.2  # a new refusal starts from Retry-After again
+
+
 def test_a_429_on_the_probe_escalates_to_the_reset() -> None:
     async def scenario() -> list[float]:
         loop = asyncio.get_running_loop()
