@@ -85,7 +85,8 @@ class FetchPool:
         try:
             async with BrazeClient(cfg, self._limiter) as client:
                 self._client = client
-                client.canary = self._state.a_done_pair()  # a rerun of a few failing pairs has one too
+                if self._done_before:  # a rerun of a few failing pairs has a canary too (no scan if none)
+                    client.canary = self._state.a_done_pair()
                 progress = asyncio.create_task(self._progress_loop())
                 feeder = asyncio.create_task(self._feed(queue))
                 workers = [asyncio.create_task(self._work(queue, client)) for _ in range(cfg.concurrency)]
