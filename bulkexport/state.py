@@ -30,9 +30,10 @@ _UNPUBLISHED = (
     "SELECT seq, tbl, date, batch, rows, file FROM parts WHERE gen IS NULL AND (? IS NULL OR tbl = ?) "
     "ORDER BY tbl, date, seq"
 )  # publishing order, served by the index parts_unpublished
-#: An --overwrite forgets the old run (in the transaction that ingests the new one).
+#: An --overwrite forgets the old run (in the transaction that ingests the new one); not what
+#: an earlier --overwrite, killed before its deletions, still has to delete.
 _FORGET_RUN = (
-    "DELETE FROM failures", "DELETE FROM published", "DELETE FROM parts", "DELETE FROM pairs", "DELETE FROM doomed",
+    "DELETE FROM failures", "DELETE FROM published", "DELETE FROM parts", "DELETE FROM pairs",
     "DELETE FROM meta WHERE key != 'schema_version'",
 )
 _UPSERT_META = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"

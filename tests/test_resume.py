@@ -421,25 +421,31 @@ async def test_overwrite_after_a_failed_publish_removes_the_files_it_left(sim: S
     assert_clean_dataset(out)
 
 
+@pytest.mark.parametrize("then", ["a plain rerun", "another overwrite"])
 async def test_an_overwrite_stopped_before_its_deletions_leaves_them_to_the_next_run(
-    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str
 ) -> None:
     """The new run's pairs and the list of what to delete are one transaction: an overwrite
     that stops right after it (here: the output fails as the deletions start) leaves them
-    recorded, and the next invocation, without --overwrite, deletes them before it publishes."""
+    recorded, and the next invocation deletes them before it publishes: a plain rerun, or
+    another --overwrite (whose own list, of a run with nothing staged yet, adds to it). The
+    earlier run's pairs were sent on days the new ones never reach: its partitions are not
+    rewritten by the new run's publish, so only the recorded deletions can clear them."""
     out = tmp_path / "out"
-    await run(sim, pairs_for(30, prefix="h-"), out)
+    first = [p for p in pairs_for(60, prefix="h-") if sim.send_date(*p) <= date(2026, 11, 10)]  # 11-13 .. 11-23
+    others = [p for p in pairs_for(60, prefix="k-") if sim.send_date(*p) >= date(2026, 11, 24)][:10]  # 11-24 ..
+    assert len(first) >= 5 and len(others) == 10
+    await run(sim, first, out)
     real = RunDocuments.remove_replaced
 
     def failing(self: RunDocuments, *args: Any) -> int:
         raise StorageError("cannot remove the earlier run: Input/output error")
 
     monkeypatch.setattr(RunDocuments, "remove_replaced", failing)
-    others = pairs_for(10, prefix="k-")
     with pytest.raises(StorageError, match="earlier run"):
         await run(sim, others, out, overwrite=True)
     monkeypatch.setattr(RunDocuments, "remove_replaced", real)
-    again = await run(sim, others, out)
+    again = await run(sim, others, out, overwrite=then == "another overwrite")
     assert again.status == "complete" and again.pairs_total == 10
     check_equal(out, sim, others)
     assert_clean_dataset(out)
