@@ -407,15 +407,19 @@ async def test_overwrite_with_a_missing_or_bad_pairs_input_deletes_nothing(sim: 
 async def test_overwrite_after_a_failed_publish_removes_the_files_it_left(sim: Simulator, tmp_path: Path) -> None:
     """A publish that failed halfway left files that no table of the state lists: an
     --overwrite with other pairs removes them too (every file of the run in every partition
-    it staged rows for), so the dataset holds the new pairs' rows only."""
+    it staged rows for), so the dataset holds the new pairs' rows only. The new pairs reach
+    none of the old run's days, so its publish (which clears its own generation's names in
+    the partitions it writes) cannot be what removes them."""
     out = tmp_path / "out"
+    first = [p for p in pairs_for(60, prefix="f-") if sim.send_date(*p) <= date(2026, 11, 10)]  # 11-13 .. 11-23
+    others = [p for p in pairs_for(60, prefix="g-") if sim.send_date(*p) >= date(2026, 11, 24)][:10]  # 11-24 ..
+    assert len(first) >= 5 and len(others) == 10
     (out / "send_stats").mkdir(parents=True)
-    (out / "send_stats" / "date=2026-11-27").write_text("in the way")
+    (out / "send_stats" / "date=2026-11-23").write_text("in the way")  # the first run's last day
     with pytest.raises(StorageError):
-        await run(sim, pairs_for(60, prefix="f-"), out)
-    assert len(list((out / "send_stats").rglob("*.parquet"))) >= 5
-    (out / "send_stats" / "date=2026-11-27").unlink()
-    others = pairs_for(15, prefix="g-")
+        await run(sim, first, out)
+    assert len(list((out / "send_stats").rglob("*.parquet"))) == 10  # 11-13 .. 11-22
+    (out / "send_stats" / "date=2026-11-23").unlink()
     assert (await run(sim, others, out, overwrite=True)).status == "complete"
     check_equal(out, sim, others)
     assert_clean_dataset(out)
