@@ -211,20 +211,20 @@ class WindowBudget:
         retry_after = retry_after_seconds(header(headers, "Retry-After"), wall)
         reset = number(header(headers, "X-RateLimit-Reset")) or self._reset
         remaining = number(header(headers, "X-RateLimit-Remaining"))
+        backoff = min(1.0, self.window_estimate() / 10)  # the least a refused probe waits
+        # A refused probe while the window has budget left: Retry-After doubled per refusal,
+        # from at least the back-off (a Retry-After of 0 doubled is still 0: a flood of probes).
+        doubled = None if retry_after is None else max(retry_after, backoff) * 2**escalation
+        budget_left = remaining is not None and remaining > 0
         to_reset = False
         if retry_after is not None and not probe:
             wait, why = retry_after, "Retry-After"
-        elif (
-            retry_after is not None
-            and remaining is not None
-            and remaining > 0
-            and (reset is None or wall + retry_after * 2**escalation < reset)
-        ):
-            wait, why = retry_after * 2**escalation, "Retry-After, doubled: the window has budget left"
+        elif doubled is not None and budget_left and (reset is None or wall + doubled < reset):
+            wait, why = doubled, "Retry-After, doubled: the window has budget left"
         elif reset is not None and reset > wall:
             wait, why, to_reset = reset - wall, "the rate-limit reset", True
         else:  # nothing to go by: back off, doubling while probes keep failing
-            wait, why = min(1.0, self.window_estimate() / 10) * 2**escalation, "a back-off"
+            wait, why = backoff * 2**escalation, "a back-off"
         if wait > max_pause:
             wait, why = max_pause, f"{why}, capped"
         return wait, why, to_reset

@@ -268,6 +268,30 @@ def test_429s_on_the_probe_while_the_window_has_budget_double_retry_after_not_wa
     assert 2.0 <= gaps[4] <= 2.2  # a new refusal starts from Retry-After again
 
 
+def test_429s_with_retry_after_0_on_the_probe_back_off_rather_than_flood() -> None:
+    """``Retry-After: 0`` on refused probes, budget left: doubling 0 is still 0, so the
+    probes would follow one another at once (a tester saw 969 429s in 5 s). They wait at
+    least the back-off (a second on Braze's hour), doubled per refusal: 2, 4, 8 s."""
+
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        wall = lambda: EPOCH + 3000.0 + loop.time()  # noqa: E731
+        refused = _headers(LIMIT // 2, EPOCH + HOUR, **{"Retry-After": "0"})
+        starts: list[float] = []
+        async with RateController(limit=LIMIT, window=HOUR, reserve=RESERVE, wall=wall) as ctrl:
+            t = await ctrl.acquire()
+            for _ in range(4):
+                ctrl.finish(t, 429, refused)
+                t = await ctrl.acquire()
+                starts.append(loop.time())
+        return starts
+
+    starts = run_virtual(scenario())
+    gaps = [b - a for a, b in zip([0.0, *starts], starts, strict=False)]
+    assert gaps[0] < 0.01  # the first 429's own Retry-After: 0
+    assert 2.0 <= gaps[1] <= 2.2 and 4.0 <= gaps[2] <= 4.4 and 8.0 <= gaps[3] <= 8.8
+
+
 def test_a_429_on_the_probe_escalates_to_the_reset() -> None:
     async def scenario() -> list[float]:
         loop = asyncio.get_running_loop()
