@@ -133,10 +133,10 @@ class BrazeClient:
 
     async def ask_canary(self, pair: Pair) -> bool:
         """Ask Braze for the canary (a pair it answered before), under the pace, when the
-        failures of ``pair`` are ambiguous: its attempts are used up while other pairs fail
-        too and nothing was answered well since. The answer reaches the limiter like any
-        other: a 200 says Braze is up, so ``pair``'s failures are its own. False when there
-        is no canary to ask. The body is not kept; a 401/403 stops the run as anywhere."""
+        failures of ``pair`` are ambiguous: its attempts are used up and nothing was answered
+        well since its first failure. The answer reaches the limiter like any other: a 200
+        says Braze is up, so ``pair``'s failures are its own. False when there is no canary
+        to ask. The body is not kept; a 401/403 stops the run as anywhere."""
         canary = self.canary
         if canary is None or canary == pair:
             return False

@@ -161,7 +161,7 @@ class FetchPool:
                     queue.put_nowait(None)
 
     async def _work(self, queue: asyncio.Queue[Item], client: BrazeClient) -> None:
-        ckpt, limiter = self._ckpt, self._limiter
+        ckpt = self._ckpt
         while not self._stop.is_set():
             item = await queue.get()
             if item is None:
@@ -170,8 +170,7 @@ class FetchPool:
             outcome = await attempt_with_retries(
                 functools.partial(self._attempt, client, pid, pair),
                 self._retry,
-                blame=functools.partial(limiter.blames, pair),
-                canary=functools.partial(client.ask_canary, pair),
+                blame=functools.partial(self._own_fault, client, pair),
             )
             if outcome.error is None:
                 ckpt.exported += 1
@@ -179,6 +178,19 @@ class FetchPool:
                 ckpt.record_failure(pid, pair, outcome.error, outcome.attempts)
             self._retries += outcome.attempts - 1
             await ckpt.after_pair()
+
+    async def _own_fault(self, client: BrazeClient, pair: Pair, since: float) -> bool:
+        """Whether the failures of ``pair`` since loop time ``since`` are its own (its
+        attempts are used up): yes if other requests were answered since; else Braze is asked
+        about a pair it answered before (the canary), whose answer decides, even for a pair
+        failing alone (a --retry-failed of one pair during an outage must stay pending);
+        with nothing to ask, the limiter's rule (:meth:`RateController.blames`)."""
+        limiter = self._limiter
+        if limiter.answered_since(since):
+            return True
+        if await client.ask_canary(pair):
+            return limiter.answered_since(since)
+        return limiter.blames(pair, since)
 
     async def _attempt(self, client: BrazeClient, pid: int, pair: Pair) -> None:
         self._ckpt.add(pid, pair, await client.fetch(pair))

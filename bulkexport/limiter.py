@@ -160,6 +160,10 @@ class RateController:
         :class:`~bulkexport.outage.Outage`): a pair fails for good only then."""
         return self._outage.blames(key, since)
 
+    def answered_since(self, since: float) -> bool:
+        """Whether any request was answered well after loop time ``since``."""
+        return self._outage.answered_since(since)
+
     async def failure(self) -> BrazeUnavailable:
         """Returns (never raises) when the run must stop because Braze is unavailable."""
         return await self._failure_future()

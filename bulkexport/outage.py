@@ -57,7 +57,10 @@ class Outage:
     def blames(self, key: Hashable, since: float) -> bool:
         """Whether failures of ``key`` since ``since`` are its own: other requests were
         answered well meanwhile, or no other pair is failing."""
-        return self._healthy_at > since or not (self._sick - {key})
+        return self.answered_since(since) or not (self._sick - {key})
+
+    def answered_since(self, since: float) -> bool:
+        return self._healthy_at > since
 
     def healthy(self, now: float) -> bool:
         """A good answer; True when it ends an outage (the breaker's pause is over)."""

@@ -57,16 +57,14 @@ async def attempt_with_retries(
     attempt: Callable[[], Awaitable[None]],
     policy: RetryPolicy,
     *,
-    blame: Callable[[float], bool] = lambda since: True,
-    canary: Callable[[], Awaitable[bool]] | None = None,
+    blame: Callable[[float], bool | Awaitable[bool]] = lambda since: True,
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Outcome:
     """Call ``attempt`` until it succeeds or the pair fails for good.
 
-    ``blame(since)`` tells whether failures since clock time ``since`` are the pair's own;
-    when the attempts are used up and it cannot tell yet, ``canary()`` asks Braze something
-    it answered before (False: nothing to ask), and its answer may settle it.
+    ``blame(since)``, asked once the attempts are used up, tells whether failures since
+    clock time ``since`` are the pair's own (it may be a coroutine: the fetch asks Braze);
     ``clock`` defaults to the running loop's time (the rate controller's clock).
     """
     now = clock or asyncio.get_running_loop().time
@@ -84,10 +82,10 @@ async def attempt_with_retries(
             errors += 1
             if first_failure is None:
                 first_failure = now()
-            if errors >= policy.max_attempts and (
-                blame(first_failure) or (canary is not None and await canary() and blame(first_failure))
-            ):
-                return Outcome(errors + limited, exc)
+            if errors >= policy.max_attempts:
+                own = blame(first_failure)
+                if own if isinstance(own, bool) else await own:
+                    return Outcome(errors + limited, exc)
             await sleep(policy.backoff(min(errors, policy.max_attempts)))
         except PermanentError as exc:
             return Outcome(errors + limited + 1, exc)

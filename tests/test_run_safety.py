@@ -256,6 +256,28 @@ async def test_a_rerun_of_failing_pairs_alone_asks_a_pair_done_before(sim: Simul
     check_equal(tmp_path, sim, [p for p in pairs if p not in bad])
 
 
+async def test_a_retry_of_one_failed_pair_during_an_outage_leaves_it_pending(sim: Simulator, tmp_path: Path) -> None:
+    """--retry-failed of a single pair while Braze answers 503 to everything: the pair fails
+    alone, which used to be blame enough (nothing else is failing), so it was failed again,
+    'partial'. The canary (a pair done earlier) is asked first; it fails too, so this is an
+    outage: the run stops 'unavailable' with the pair pending, and a retry once Braze is
+    back exports it."""
+    pairs = pairs_for(20, prefix="o-")
+    sim.faults.append(FaultRule(kind="status", status=404, times=1, match=lambda c, s: (c, s) == pairs[7]))
+    first = await run(sim, pairs, tmp_path)
+    assert first.status == "partial" and first.pairs_failed == 1
+    sim.faults.append(FaultRule(kind="status", status=503, times=None))
+    with pytest.raises(BrazeUnavailable) as stopped:
+        await run(sim, pairs, tmp_path, retry_failed=True, max_attempts=3, max_outage=2.0)
+    summary = stopped.value.summary
+    assert summary is not None and summary.status == "unavailable"
+    assert (summary.pairs_done, summary.pairs_failed, summary.pairs_pending) == (19, 0, 1)
+    sim.faults.clear()
+    again = await run(sim, pairs, tmp_path)
+    assert again.status == "complete" and again.pairs_failed == 0
+    check_equal(tmp_path, sim, pairs)
+
+
 async def test_the_breakers_probe_asks_the_canary_before_its_own_pair(sim: Simulator) -> None:
     """Three pairs Braze always fails, over more than the breaker's spell with nothing
     answered meanwhile, open it. The next start, its probe, goes to the canary (the pair
