@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .errors import StorageError
+from .errors import ConfigError, StorageError
 from .pairs import Pair
 from .storage import private_file
 
@@ -243,6 +243,11 @@ class RunState:
         see :meth:`ingest`."""
         try:
             if replace is not None:
+                if not self._db.execute("SELECT 1 FROM temp.incoming LIMIT 1").fetchone():
+                    self.abort_ingest()
+                    raise ConfigError("--overwrite with a pairs input that holds no pairs would delete the "
+                                      "run's data and export nothing (a truncated upstream file?); nothing "
+                                      "was changed")  # fmt: skip
                 for sql in _FORGET_RUN:
                     self._db.execute(sql)
                 self._db.executemany("INSERT OR IGNORE INTO doomed(kind, path) VALUES (?, ?)", replace)

@@ -381,9 +381,10 @@ def _snapshot(out: Path) -> dict[str, bytes]:
 
 
 async def test_overwrite_with_a_missing_or_bad_pairs_input_deletes_nothing(sim: Simulator, tmp_path: Path) -> None:
-    """The input is read and checked before the earlier run is touched: a mistyped path or a
-    bad line is exit 2 (ConfigError) with the earlier run's data, documents and state as they
-    were, and it still reruns as complete. A good input then replaces it."""
+    """The input is read and checked before the earlier run is touched: a mistyped path, a
+    bad line or an input with no pairs is exit 2 (ConfigError) with the earlier run's data,
+    documents and state as they were, and it still reruns as complete. A good input then
+    replaces it."""
     out = tmp_path / "out"
     pairs = pairs_for(40, prefix="w-")
     assert (await run(sim, pairs, out)).status == "complete"
@@ -391,7 +392,10 @@ async def test_overwrite_with_a_missing_or_bad_pairs_input_deletes_nothing(sim: 
     assert sum(name.endswith(".parquet") for name in before) >= 10
     bad = tmp_path / "bad.csv"
     bad.write_text("campaign_id,send_id\nc1,s1\nc2,\n")
-    for source, message in ((tmp_path / "typo.csv", "no such file"), (bad, "send_id is empty")):
+    empty = tmp_path / "empty.csv"  # a truncated upstream export: replacing the run with it deletes everything
+    empty.write_text("campaign_id,send_id\n")
+    cases = ((tmp_path / "typo.csv", "no such file"), (bad, "send_id is empty"), (empty, "holds no pairs"))
+    for source, message in cases:
         with pytest.raises(ConfigError, match=message):
             await run(sim, source, out, overwrite=True)
         assert _snapshot(out) == before
