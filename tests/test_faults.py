@@ -132,14 +132,19 @@ async def test_bad_transfer_or_body_permanent_fails_that_pair(sim: Simulator, tm
     summary = await run(sim, pairs, tmp_path, max_attempts=3)
     assert summary.status == "partial"
     assert (summary.pairs_done, summary.pairs_failed, summary.pairs_total) == (8, 1, 9)
-    assert summary.requests == 8 + 3
+    # When every other pair was answered before the bad pair's first failure, nothing was
+    # answered since: before failing it alone, the run asks Braze for a pair it answered (the
+    # canary), once. Whether that happens depends on timing; what it costs does not.
+    canary = summary.requests - (8 + 3)
+    assert canary in (0, 1)
     assert summary.retries == 2
     assert summary.rate_limited == 0
-    want = {200: 8}
+    want = {200: 8 + canary}
     if seen is not None:
         want[seen] = want.get(seen, 0) + 3
     assert summary.statuses == want
-    assert sim.stats.per_pair == {**dict.fromkeys(good, 1), bad: 3 * per_attempt}
+    asked = sim.stats.per_pair
+    assert asked[bad] == 3 * per_attempt and sorted(asked[p] for p in good) == [1] * (8 - canary) + [2] * canary
 
     failures = _failures(tmp_path)
     assert len(failures) == 1
