@@ -218,7 +218,13 @@ class ObjectStoreTarget(Target):
         return state_root / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
 
     def check(self) -> None:
-        self.list_names("")  # bad credentials or a missing bucket fail here, not after the fetch
+        """Bad credentials or a missing bucket fail here, not after the fetch: listing the
+        root alone would not tell, since a missing folder lists as empty."""
+        bucket = self._root.split("/", 1)[0]
+        if self._fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise StorageError(f"cannot use the output {self.uri}: bucket {bucket!r} does not exist "
+                               "(or these credentials cannot see it)")  # fmt: skip
+        self.list_names("")
 
     def scratch(self, rel_dir: str, run_dir: Path) -> Path:
         return run_dir  # written locally, uploaded whole
@@ -262,6 +268,8 @@ def open_target(out: str | Path) -> Target:
         return LocalTarget(text, pafs.LocalFileSystem(), str(Path(local).absolute()))
     if parts.username or parts.password:
         raise ConfigError("do not put credentials in the output URI; use the store's standard environment")
+    text = _canonical(text, parts.scheme, parts.netloc, parts.path, parts.query)
+    parts = urlsplit(text)
     if parts.scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_override" not in parts.query:
@@ -278,3 +286,17 @@ def open_target(out: str | Path) -> Target:
     if isinstance(fs, pafs.LocalFileSystem):
         return LocalTarget(text, fs, root)
     return ObjectStoreTarget(text, fs, root)
+
+
+def _canonical(text: str, scheme: str, netloc: str, path: str, query: str) -> str:
+    """One spelling per object-store prefix. The run's local state folder and lock are found
+    by hashing the URI, while the store itself ignores a trailing ``/``: two spellings of
+    one prefix would be two runs writing the same object names, each overwriting the
+    other's files. An empty or relative segment (``//``, ``.``, ``..``) names no clear
+    folder and is refused."""
+    inner = path.removeprefix("/").rstrip("/")
+    segments = inner.split("/") if inner else []
+    if any(seg in ("", ".", "..") for seg in segments):
+        raise ConfigError(f"output {text!r}: a path segment is empty, '.' or '..'; write the prefix plainly")
+    rest = "/" + "/".join(segments) if segments else ""
+    return f"{scheme}://{netloc}{rest}" + (f"?{query}" if query else "")

@@ -7,9 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import pytest
 
 import bulkexport
+from bulkexport.errors import ConfigError, StorageError
 from bulkexport.simulator import Simulator
+from bulkexport.storage import open_target
 
 from .helpers import BUCKET, EXIT_OK, RUN_ID, Cli, check_equal, pairs_for, run, write_pairs
 
@@ -77,3 +80,29 @@ async def test_kill9_and_resume_on_s3_equals_uninterrupted(
     assert all(n.startswith("part-") and n.endswith(".parquet") for n in names)  # no temporary objects
     table = bulkexport.read_table(out, "send_totals")
     assert table.num_rows == len({(r["campaign_id"], r["send_id"], r["date"]) for r in table.to_pylist()})
+
+
+async def test_one_prefix_spelt_two_ways_is_one_run(s3: pafs.S3FileSystem, sim: Simulator) -> None:
+    """``s3://b/sp`` and ``s3://b/sp/`` name one prefix, so one run: its local state and lock
+    are found under either spelling. Two runs would write the same object names, each
+    replacing the other's files (one run's rows lost, then another's doubled)."""
+    first, more = pairs_for(80)[:40], pairs_for(80)[40:]
+    await run(sim, first, f"s3://{BUCKET}/sp")
+    requests = sim.stats.requests
+    again = await run(sim, first, f"s3://{BUCKET}/sp/")
+    assert again.status == "already_complete" and sim.stats.requests == requests
+    added = await run(sim, more, f"s3://{BUCKET}/sp/")  # new pairs join the same run
+    assert added.pairs_added == 40 and sim.stats.requests == requests + 40
+    check_equal(f"s3://{BUCKET}/sp", sim, first + more)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("out", [f"s3://{BUCKET}//x", f"s3://{BUCKET}/a/../x", f"s3://{BUCKET}/./x"])
+def test_an_output_uri_with_an_empty_or_relative_segment_is_refused(s3: pafs.S3FileSystem, out: str) -> None:
+    with pytest.raises(ConfigError, match="path segment"):
+        open_target(out)
+
+
+async def test_a_missing_bucket_fails_before_the_first_request(s3: pafs.S3FileSystem, sim: Simulator) -> None:
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
+        await run(sim, pairs_for(20), "s3://no-such-bucket/braze")
+    assert sim.stats.requests == 0
