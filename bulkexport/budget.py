@@ -30,6 +30,8 @@ _MIN_TIME_LEFT = 0.05  # seconds; avoids dividing by ~0 just before a reset
 _PROJECT_AFTER = 0.05  # share of the window observed before others' pace is projected
 _TRAIL = 0.1  # share of the window over which others' recent pace is measured
 _MARKS = 100  # samples of others' spend kept per window (one per 1% of it)
+_HOUR = 3600.0  # Braze's rate-limit window
+_RESET_SLACK = 60.0  # seconds a reset may lie beyond a window ahead (clock skew) before it is ignored
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
@@ -74,7 +76,7 @@ class WindowBudget:
 
     __slots__ = (
         "_anchor", "_first_anchor", "_first_wall", "_marks", "_max_rate", "_max_time_left", "_reserve", "_reset",
-        "_seen_reset", "_seen_wall", "_sent_time_left", "_share", "_window", "learnt_window", "limit",
+        "_seen_reset", "_seen_wall", "_sent_time_left", "_share", "_warned", "_window", "learnt_window", "limit",
     )  # fmt: skip
 
     def __init__(self, *, limit: int, window: float, share: float, reserve: float, max_rate: float | None) -> None:
@@ -94,6 +96,7 @@ class WindowBudget:
         self._first_anchor = 0.0  # the anchor at the window's first answer
         self._first_wall = 0.0  # when that answer came
         self._marks: list[tuple[float, float]] = []  # (wall, others' spend so far) samples
+        self._warned = False  # an implausible reset was logged
 
     @property
     def reset(self) -> float | None:
@@ -117,6 +120,7 @@ class WindowBudget:
             self.limit = int(limit)
             self._reset = None  # Remaining jumps with the limit, nobody spent it: measure afresh
             news = True
+        reset = self._plausible(reset, wall)
         if reset is None:
             return news
         # An answer that comes after its window's reset still tells how long that window had
@@ -138,6 +142,20 @@ class WindowBudget:
             if wall - self._marks[-1][0] >= self.window_estimate() / _MARKS:
                 self._marks.append((wall, self._first_anchor - anchor))
         return news
+
+    def _plausible(self, reset: float | None, wall: float) -> float | None:
+        """``reset`` unless it lies further ahead than any window could end (one sent in
+        milliseconds, a clock years off): taken at its word, the budget would stay spent
+        until then, a stall of an hour at a time for as long as the run lasts. Such a reset
+        is ignored, as if absent: Braze's 429s still pace the run. Braze's windows are an hour;
+        a longer one can be configured."""
+        if reset is None or reset - wall <= max(self._window, _HOUR) + _RESET_SLACK:
+            return reset
+        if not self._warned:
+            self._warned = True
+            log.warning("ignoring X-RateLimit-Reset %r: %.0fs ahead, more than a window (%gs)", reset,
+                        reset - wall, max(self._window, _HOUR))  # fmt: skip
+        return None
 
     def _learn_window(self, reset: float, wall: float) -> bool:
         """True when a reset not seen before arrives (a new window, or the first)."""
@@ -209,7 +227,7 @@ class WindowBudget:
         for the reset would cost up to an hour for nothing; the probe's ``Retry-After`` is
         doubled for each probe refused in a row instead (up to the reset)."""
         retry_after = retry_after_seconds(header(headers, "Retry-After"), wall)
-        reset = number(header(headers, "X-RateLimit-Reset")) or self._reset
+        reset = self._plausible(number(header(headers, "X-RateLimit-Reset")), wall) or self._reset
         remaining = number(header(headers, "X-RateLimit-Remaining"))
         backoff = min(1.0, self.window_estimate() / 10)  # the least a refused probe waits
         # A refused probe while the window has budget left: Retry-After doubled per refusal,

@@ -442,3 +442,33 @@ def test_at_the_default_pace_starts_go_out_a_batch_at_a_time_and_a_probe_alone(b
         (probe_at, probe_n), (next_at, _) = after[0], after[1]
         assert probe_n == 1
         assert next_at >= probe_at + latency  # nobody else started before its answer
+
+
+@pytest.mark.parametrize(
+    ("status", "reset"),
+    [(200, EPOCH + 10 * 365 * 86400.0), (200, (EPOCH + HOUR) * 1000), (429, EPOCH + 10 * 365 * 86400.0)],
+    ids=["200, reset in 10 years", "200, reset in milliseconds", "429, reset in 10 years"],
+)
+def test_a_reset_further_ahead_than_any_window_is_ignored_not_waited_for(status: int, reset: float) -> None:
+    """``X-RateLimit-Remaining: 0`` with a reset years ahead (or sent in milliseconds): taken
+    at its word, the pool waited an hour (the longest pause) and then another, for ever, since
+    nothing went out to bring a better header. It is ignored, as if absent: the next starts go
+    out at the pace (after a 429, its Retry-After and one probe), and later plausible headers
+    pace the run as usual."""
+
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        wall = lambda: EPOCH + 3000.0 + loop.time()  # noqa: E731  (600 s before the reset)
+        starts: list[float] = []
+        async with RateController(limit=LIMIT, window=HOUR, reserve=RESERVE, wall=wall) as ctrl:
+            t = await ctrl.acquire()
+            ctrl.finish(t, status, _headers(0, reset, **({"Retry-After": "1"} if status == 429 else {})))
+            for _ in range(20):
+                t = await ctrl.acquire()
+                starts.append(loop.time())
+                ctrl.finish(t, 200, _headers(0, reset))
+        return starts
+
+    # An hour of Braze time at most (the old controller never got there: pauses of an hour each).
+    starts = run_virtual(asyncio.wait_for(scenario(), timeout=HOUR))
+    assert starts[-1] < 2.5, starts  # twenty starts within a couple of seconds, not hours
