@@ -38,12 +38,15 @@ _REMEMBERED = 64  # failing pairs remembered (enough to tell one from several)
 class Outage:
     """The breaker: fed every answer's health, it says when to pause and when to give up."""
 
-    __slots__ = ("_down_since", "_healthy_at", "_max_outage", "_pause", "_sick", "_what", "opened", "verdict")
+    __slots__ = (
+        "_down_since", "_healthy_at", "_heard", "_max_outage", "_pause", "_sick", "_what", "opened", "verdict",
+    )  # fmt: skip
 
     def __init__(self, max_outage: float) -> None:
         self._max_outage = max_outage  # an outage this long stops the run
         self._healthy_at = -math.inf  # loop time of the latest good answer (2xx, 4xx)
         self._sick: set[Hashable] = set()  # pairs that failed since then
+        self._heard = False  # some request got an HTTP answer (even a 5xx)
         self._down_since: float | None = None  # loop time of the first such failure
         self._pause = 0.0  # the breaker's current pause between probes (0: closed)
         self._what = ""  # what the failures were, for the message
@@ -56,8 +59,15 @@ class Outage:
 
     def blames(self, key: Hashable, since: float) -> bool:
         """Whether failures of ``key`` since ``since`` are its own: other requests were
-        answered well meanwhile, or no other pair is failing."""
-        return self.answered_since(since) or not (self._sick - {key})
+        answered well meanwhile, or no other pair is failing while something has answered
+        over HTTP at some point. With no HTTP answer ever (connections refused, timeouts),
+        one or two pairs failing (too few to open the breaker) are Braze, or the way to it,
+        being down: they stay pending, and the outage budget decides. A lone pair answered
+        with 5xx from the start is failed: nothing tells that from an outage, and keeping it
+        pending would have every rerun wait out the budget for it."""
+        if self.answered_since(since):
+            return True
+        return (self._heard or self._healthy_at > -math.inf) and not (self._sick - {key})
 
     def answered_since(self, since: float) -> bool:
         return self._healthy_at > since
@@ -80,6 +90,7 @@ class Outage:
             return None  # sent before the latest good answer: old news
         if self._down_since is None:
             self._down_since = now
+        self._heard = self._heard or status is not None
         if len(self._sick) < _REMEMBERED:
             self._sick.add(key)
         self._what = "no answer" if status is None else f"HTTP {status}"

@@ -135,18 +135,23 @@ async def test_runs_with_other_run_ids_share_an_output(sim: Simulator, tmp_path:
 
 
 # -- outages --------------------------------------------------------------------------------------
-async def test_nothing_listening_stops_within_the_budget_then_resumes_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("n", [1, 2, 300])
+async def test_nothing_listening_stops_within_the_budget_then_resumes_exactly(tmp_path: Path, n: int) -> None:
+    """Also with one or two pairs, too few to open the breaker: with nothing ever answered
+    (no canary to ask) a pair's used-up attempts say nothing about the pair, so it stays
+    pending and the run waits out --max-outage (a single pair used to be failed for good)."""
     port = free_port()
     sim = Simulator(api_key=API_KEY, seed=11, anchor_date=ANCHOR, port=port)
     sim._url = f"http://127.0.0.1:{port}"  # the URL the CLI is given, while nothing listens there
-    pairs = pairs_for(300)
+    pairs = pairs_for(n)
+    # Two attempts: a pair's are used up well within the budget, so the budget is what ends it.
     cli = Cli(sim, write_pairs(tmp_path / "pairs.csv", pairs), tmp_path / "out", tmp_path / "logs",
-              extra=("--max-outage", "6"))  # fmt: skip
+              extra=("--max-outage", "6", "--max-attempts", "2"))  # fmt: skip
     down = await cli.run(limit=40)
     assert down.rc == EXIT_UNAVAILABLE, down.stderr
     assert down.elapsed < 6 + 8  # the budget, plus start-up and the last probe's answer
     assert "Braze has not answered successfully for" in down.stderr
-    assert summary_numbers(down.stdout) == (0, 0, len(pairs))
+    assert summary_numbers(down.stdout) == (0, 0, len(pairs))  # done, failed, pending
     manifest = orjson.loads((run_dir(cli.out) / "manifest.json").read_bytes())
     assert manifest["status"] == "unavailable" and manifest["summary"]["pairs_pending"] == len(pairs)
     assert (run_dir(cli.out) / "failures.jsonl").read_bytes() == b""  # no pair blamed for it
