@@ -23,7 +23,9 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -121,6 +123,22 @@ def _print_summary(summary: ExportSummary) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command. Until the run installs its own handlers, SIGTERM is SIGINT: both exit 5
+    ("interrupted"), not 143 or a bare KeyboardInterrupt, however early they come (importing
+    pyarrow and aiohttp takes a few hundred milliseconds). Only the interpreter's own start,
+    before this module runs, is Python's."""
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # between two handlers, or while a result is printed
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed
@@ -129,7 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _parser().print_help()
         return EXIT_CONFIG
     given = vars(args)
-    memory.own_process()
+    try:
+        memory.own_process()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     setup_logging(
         given.get("log_level") or os.environ.get(env.LOG_LEVEL) or "info",
         given.get("log_format") or os.environ.get(env.LOG_FORMAT) or "text",

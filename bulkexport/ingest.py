@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, Iterable
+import threading
+from collections.abc import AsyncIterable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .pairs import IdCheck, iter_items, iter_pair_file, pair_from_item
+from .pairs import IdCheck, Pair, iter_items, iter_pair_file, pair_from_item
 from .state import Doomed, Ingested, RunState
 from .summary import ExportSummary
 
@@ -26,21 +27,31 @@ log = logging.getLogger("bulkexport")
 
 
 async def ingest(
-    state: RunState, source: Any, pairs_format: str | None, summary: ExportSummary, replace: Doomed | None = None
+    state: RunState,
+    source: Any,
+    pairs_format: str | None,
+    summary: ExportSummary,
+    replace: Doomed | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
     """Add ``source`` (a pairs file, or an iterable or async iterable of pairs) to the run,
     and count what it held into ``summary``; with ``replace`` (``--overwrite``), make it a
     new run in place of the old one, once the whole input has passed its checks (see
-    :meth:`RunState.ingest`)."""
+    :meth:`RunState.ingest`).
+
+    A file or iterable is read on a thread, which a cancel does not stop: the caller must
+    wait for it (it shares the run state's connection) and may set ``stop`` to end it early,
+    the transaction rolled back."""
     check = IdCheck()
     had = 0 if replace is not None else state.count()
     if isinstance(source, str | Path):
-        pairs = (p for _, p in iter_pair_file(source, pairs_format, check))
+        pairs = _until(stop, (p for _, p in iter_pair_file(source, pairs_format, check)))
         got = await asyncio.to_thread(state.ingest, pairs, replace=replace)
     elif isinstance(source, AsyncIterable):
         got = await _ingest_async(state, source, check, replace)
     elif isinstance(source, Iterable):
-        got = await asyncio.to_thread(state.ingest, (p for _, p in iter_items(source, check=check)), replace=replace)
+        pairs = _until(stop, (p for _, p in iter_items(source, check=check)))
+        got = await asyncio.to_thread(state.ingest, pairs, replace=replace)
     else:
         raise ConfigError(f"pairs must be a file path or an iterable of pairs, not {type(source).__name__}")
     s = summary
@@ -55,6 +66,18 @@ async def ingest(
     if had and got.added:
         log.info("run %s: %d new pair(s) added to the %d it had; only they are fetched", summary.run_id, got.added,
                  had)  # fmt: skip
+
+
+def _until(stop: threading.Event | None, pairs: Iterator[Pair]) -> Iterator[Pair]:
+    """``pairs`` until ``stop`` is set (checked every 4,096): then a cancellation, which
+    rolls the ingest back and ends the thread as the cancel it comes from."""
+    if stop is None:
+        yield from pairs
+        return
+    for i, pair in enumerate(pairs):
+        if not i & 4095 and stop.is_set():
+            raise asyncio.CancelledError("stopped while reading the pairs")
+        yield pair
 
 
 async def _ingest_async(

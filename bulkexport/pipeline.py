@@ -58,11 +58,13 @@ _MANIFEST_VERSION = 1
 async def _to_the_end(step: Awaitable[None], what: str, *, on_cancel: Callable[[], None] | None = None) -> None:
     """Await ``step`` even when the caller is cancelled meanwhile, then pass the cancel on.
 
-    The last checkpoint's commit and the publish run on threads of their own, which a cancel
-    does not stop: a caller cancelled during one would otherwise go on to close the run state
-    and release the run's lock under it (a checkpoint's pairs fetched again next time and its
-    error reaching nobody; a publish still writing while another run may start). ``on_cancel``
-    lets the step finish early (the publish skips the partitions it has not started). A second
+    Reading the pairs, the last checkpoint's commit and the publish run on threads of their
+    own, which a cancel does not stop: a caller cancelled during one would otherwise go on to
+    close the run state and release the run's lock under it (the pairs' reader still using
+    the state's SQLite connection: a crash; a checkpoint's pairs fetched again next time and
+    its error reaching nobody; a publish still writing while another run may start).
+    ``on_cancel`` lets the step finish early (the reader stops and rolls back, the publish
+    skips the partitions it has not started). A second
     cancel stops the wait (a disk that hangs must not make the export uncancellable); what the
     step then raises is logged rather than lost.
     """
@@ -166,7 +168,11 @@ class Exporter:
                         self.out)  # fmt: skip
             return s
         state, cfg, replace = self._open()
-        await ingest(state, source, self._pairs_format, s, replace)
+        # Read on a thread sharing the state's connection: a cancel waits for it (closing the
+        # state under it crashed the process) and makes it stop at once, rolled back.
+        stop = threading.Event()
+        await _to_the_end(ingest(state, source, self._pairs_format, s, replace, stop), "reading the pairs",
+                          on_cancel=stop.set)  # fmt: skip
         if replace is not None:
             state.put("params", _params(cfg))
         await self._remove_replaced(state)  # also what an --overwrite killed before the end left
