@@ -11,6 +11,8 @@ import re
 from datetime import UTC, date, datetime, time, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
+
 from .errors import ConfigError
 
 __all__ = [
@@ -112,9 +114,23 @@ class ApiKey:
 
     def redact_bytes(self, data: bytes) -> bytes:
         """``data`` without the key, for response bodies; unchanged (same object) when the key
-        is absent, which a substring search tells at memory speed."""
+        is absent, which a substring search tells at memory speed.
+
+        JSON may spell any character as an escape (``\\u002d`` for ``-``), so a body with a
+        backslash that does not hold the key as it is may still decode to it: such a body is
+        written again without escapes (orjson escapes only quotes, backslashes and control
+        characters) and searched once more; if the key is there, that spelling is redacted
+        and returned. Bodies without a backslash, the common case, cost the one search."""
         if self._raw not in data:
-            return data
+            if b"\\" not in data:
+                return data
+            try:
+                plain = orjson.dumps(orjson.loads(data))
+            except orjson.JSONDecodeError:
+                return data  # not JSON: no escape to hide the key behind
+            if self._raw not in plain:
+                return data
+            data = plain
         # surrogateescape round-trips any byte, so a body that is not UTF-8 keeps its bytes.
         return self.redact(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 

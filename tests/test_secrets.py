@@ -240,3 +240,30 @@ async def test_state_and_run_documents_are_owner_only_whatever_the_umask(sim: Si
         assert {_mode(p.parent) for p in parquet} == {0o777}
     finally:
         os.umask(old)
+
+
+async def test_a_key_the_server_escapes_in_its_json_is_redacted_too(
+    hostile: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """JSON may write any character as ``\\uXXXX``: a body quoting the header that way does
+    not hold the key's bytes, but decodes to them. It reached Parquet values (a variation
+    name, an unknown field, a channel), the manifest's unknown channels, the library's
+    AuthError and its log lines. Now the body is searched again without its escapes."""
+    caplog.set_level(logging.DEBUG, logger="bulkexport")
+    sim = hostile
+    pairs = pairs_for(40, prefix="e-")
+    echoed = set(pairs[::4])
+    sim.faults.append(FaultRule(kind="echo_auth_escaped", status=200, times=None, match=lambda c, s: (c, s) in echoed))
+    summary = await run(sim, pairs, tmp_path / "out", api_key=KEY)
+    assert (summary.status, summary.pairs_done) == ("complete", 40)
+    assert summary.unknown_channels == ["Bearer ***"]  # the header as a channel name, redacted
+    files = _scan(tmp_path / "out", KEY)
+    assert any(p.suffix == ".parquet" for p in files) and any(p.name == "manifest.json" for p in files)
+    names = set(bulkexport.read_table(tmp_path / "out", "send_stats").column("variation_name").to_pylist())
+    assert "Bearer ***" in names
+    sim.faults.insert(0, FaultRule(kind="echo_auth_escaped", status=401, times=None))
+    with pytest.raises(bulkexport.AuthError) as info:
+        await run(sim, pairs_for(5, prefix="f-"), tmp_path / "lib401", api_key=KEY)
+    assert info.value.message == "refused: Bearer ***"
+    for text in (repr(summary), str(summary.to_dict()), str(info.value), repr(info.value), caplog.text):
+        _clean(text)

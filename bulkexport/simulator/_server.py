@@ -31,7 +31,7 @@ MAX_TIMESTAMPS = 1_000_000
 FaultKind = Literal[
     "status", "html", "rate_limit", "latency", "hang", "reset",
     "truncate", "short_body", "malformed", "bad_shape", "not_success", "bad_value",
-    "echo_auth", "echo_auth_text", "huge_body", "huge_chunked", "huge_gzip",
+    "echo_auth", "echo_auth_text", "echo_auth_escaped", "huge_body", "huge_chunked", "huge_gzip",
 ]  # fmt: skip
 FAULT_KINDS: frozenset[str] = frozenset(FaultKind.__args__)  # type: ignore[attr-defined]
 
@@ -65,6 +65,10 @@ class FaultRule:
       ``Authorization`` header verbatim (``message`` is the template; ``{authorization}`` is
       replaced by the header). With ``status=200`` it is a 200 whose ``message`` is not
       ``success``. ``echo_auth_text`` does the same as a ``text/plain`` body.
+    * ``echo_auth_escaped``: the header again, every character written as a JSON ``\\uXXXX``
+      escape (valid JSON that decodes to the header): with ``status=200``, the normal payload
+      with it as the first entry's ``variation_name``, as an unknown field ``echo`` and as the
+      name of a channel of its own; with another status, as the ``message``.
     * ``huge_body``, ``huge_chunked``, ``huge_gzip``: a 200 of ``size`` bytes that is valid JSON
       (the normal payload, padded with whitespace before its closing brace), generated while it
       is sent so that the simulator itself stays small: with a ``Content-Length``, chunked
@@ -450,11 +454,33 @@ async def _fault(
         if rule.status == 200:
             return _json(200, {"message": message, "data": []})
         return _json(rule.status, {"message": message, "errors": [message]})
+    if kind == "echo_auth_escaped":
+        return _echo_escaped(rule, body, request.headers.get("Authorization", ""))
     if kind in ("huge_body", "huge_chunked", "huge_gzip"):
         return await _huge_body(rule, request, body, headers)
     # "not_success": a 200 whose export failed, which only ``message`` reveals.
     message = rule.message or "Export failed: internal error"
     return _json(200, {"message": message, "data": []})
+
+
+def _echo_escaped(rule: FaultRule, body: bytes, authorization: str) -> web.Response:
+    """See ``echo_auth_escaped``: a placeholder is written where the header goes, then
+    replaced by the header's escaped spelling, which no JSON writer would produce itself."""
+    mark = "@@authorization@@"
+    if rule.status == 200:
+        payload = orjson.loads(body)
+        for day in payload["data"]:
+            entries = [e for es in day.get("messages", {}).values() for e in es]
+            if entries:
+                entries[0]["variation_name"] = mark
+                entries[0]["echo"] = f"Authorization: {mark}"
+                day["messages"][mark] = [{"sent": 1}]
+                break
+        out = orjson.dumps(payload)
+    else:
+        out = orjson.dumps({"message": f"refused: {mark}", "errors": []})
+    escaped = "".join(f"\\u{ord(c):04x}" for c in authorization).encode()
+    return web.Response(status=rule.status, body=out.replace(mark.encode(), escaped), content_type=_JSON)
 
 
 def _bad_value(rule: FaultRule, body: bytes) -> bytes:
