@@ -58,6 +58,16 @@ def _config(
     )
 
 
+def _check_call(*, on_progress: object = None, **flags: object) -> None:
+    """The call's own switches: a string such as ``"no"`` is truthy, and a progress callback
+    that is not callable would fail only once the fetch had started."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False, not {value!r:.40}")
+    if on_progress is not None and not callable(on_progress):
+        raise ConfigError(f"on_progress must be a callable taking a Progress, not {type(on_progress).__name__}")
+
+
 async def export_async(
     pairs: PairSource,
     out: str | Path,
@@ -90,6 +100,8 @@ async def export_async(
     run that stops early raises a :class:`RunStopped` whose ``summary`` counts what is
     committed (pairs done, failed, pending, rows, files); the same call resumes it.
     """
+    _check_call(retry_failed=retry_failed, allow_custom_endpoint=allow_custom_endpoint,
+                handle_signals=handle_signals, wait=wait, on_progress=on_progress)  # fmt: skip
     cfg = _config(endpoint, api_key, ending_at, run_id, allow_custom_endpoint, options)
     exporter = Exporter(
         cfg, out, pairs_format=pairs_format, retry_failed=retry_failed, on_progress=on_progress, wait=wait

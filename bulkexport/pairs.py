@@ -38,7 +38,7 @@ STDIN = "-"
 _STDIN_NAME = "<stdin>"
 _FIELDS = ("campaign_id", "send_id")
 #: Unicode category Cc: C0 controls, DEL and C1 controls.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # control characters, lone surrogates
 
 
 class Pair(NamedTuple):
@@ -75,10 +75,10 @@ class IdCheck:
             raise PairsInputError(where, line, f"{name} is longer than {MAX_ID_LENGTH} characters")
         bad = _CONTROL.search(value)
         if bad is not None:
+            what = "an unpaired surrogate (not Unicode text)" if bad.group() >= "\ud800" else "a control character"
             raise PairsInputError(
-                where, line,
-                f"{name} contains a control character (U+{ord(bad.group()):04X}) at position {bad.start() + 1}",
-            )  # fmt: skip
+                where, line, f"{name} contains {what} (U+{ord(bad.group()):04X}) at position {bad.start() + 1}"
+            )
         trimmed = value.strip()
         if len(trimmed) != len(value):
             if not trimmed:

@@ -254,7 +254,11 @@ class ObjectStoreTarget(Target):
 
 def open_target(out: str | Path) -> Target:
     """Resolve ``out`` (a path or a URI) to a :class:`Target`; raise ConfigError if unusable."""
-    text = str(out)
+    if not isinstance(out, str | os.PathLike):  # str(None) is a folder named "None"
+        raise ConfigError(f"out must be a folder path or a URI, not {type(out).__name__}")
+    text = os.fspath(out)
+    if not isinstance(text, str):
+        raise ConfigError("out must be a folder path or a URI given as text, not bytes")
     if not text.strip() or "\0" in text:
         raise ConfigError(f"output {text!r} is not a usable folder or URI")
     try:

@@ -65,6 +65,40 @@ async def test_control_characters_in_ids_are_refused_with_file_and_line(
     assert sim.stats.requests == 0  # refused before any request
 
 
+async def test_an_unpaired_surrogate_in_an_id_is_refused_with_where(sim: Simulator, tmp_path: Path) -> None:
+    """Python text that is not Unicode (a lone surrogate, from bytes decoded with
+    ``surrogateescape``): it cannot be stored, and used to end in a UnicodeEncodeError."""
+    with pytest.raises(bulkexport.PairsInputError) as info:
+        await run(sim, [("c1", "s1"), ("c\ud800", "s2")], tmp_path / "out")
+    assert (info.value.line, info.value.reason) == (
+        2, "campaign_id contains an unpaired surrogate (not Unicode text) (U+D800) at position 2")
+    assert sim.stats.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"out": None}, "out must be a folder path or a URI, not NoneType"),
+        ({"out": 5}, "out must be a folder path or a URI, not int"),
+        ({"retry_failed": "no"}, "retry_failed must be True or False, not 'no'"),
+        ({"wait": "yes"}, "wait must be True or False, not 'yes'"),
+        ({"on_progress": 5}, "on_progress must be a callable taking a Progress, not int"),
+    ],
+    ids=["out None", "out int", "retry_failed str", "wait str", "on_progress int"],
+)
+async def test_library_call_mistakes_are_config_errors_before_anything(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], message: str
+) -> None:
+    """Each used to be taken (a folder named "None" in the working directory, a string as
+    True) or to fail with a TypeError once the fetch had started."""
+    monkeypatch.chdir(tmp_path)
+    args = {"out": "out", **kwargs}
+    with pytest.raises(bulkexport.ConfigError) as info:
+        await run(sim, pairs_for(5), args.pop("out"), **args)
+    assert str(info.value) == message
+    assert sim.stats.requests == 0 and os.listdir(tmp_path) == []  # nothing created
+
+
 async def test_whitespace_around_ids_is_trimmed_counted_and_reported(
     sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
