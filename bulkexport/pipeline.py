@@ -297,6 +297,9 @@ class Exporter:
         if staged and self._lake is not None:
             await self._lake.publish(state, gen)
         elif staged:
+            # Again, now: another run (another run id: another lock) may have made a Delta or
+            # Iceberg table of this folder while this one was fetching.
+            await asyncio.to_thread(check_output, self._target, "parquet")
             parts = state.unpublished_parts()
             stop = threading.Event()
             publish = asyncio.to_thread(self._publisher.publish, parts, gen, lambda *f: files.append(f), stop)

@@ -5,6 +5,7 @@ ground truth value for value, reruns, restatements, kill -9 mid-merge, S3, the m
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ from .helpers import (
     assert_no_traceback,
     pairs_for,
     run,
+    until,
     write_pairs,
 )
 from .lakedata import KEYS, restate
@@ -216,6 +218,26 @@ async def test_formats_do_not_mix(sim: Simulator, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="holds Parquet files of earlier runs"):
         await run(sim, pairs, parquet, table_format="iceberg", run_id="b")
     assert sim.stats.requests == requests + len(pairs)
+
+
+@pytest.mark.parametrize("fmt", ["delta", "iceberg"])
+async def test_a_table_made_while_a_parquet_run_fetches_stops_its_publish(
+    sim: Simulator, tmp_path: Path, fmt: str
+) -> None:
+    """Two run ids (two locks) on one folder, started together: a Parquet run, and a Delta
+    or Iceberg run that creates its tables while the first is still fetching. Both used to
+    succeed, leaving Parquet files beside the table (every row twice for a Hive-style
+    reader, or a read that fails on the date column). The Parquet run checks the folder
+    again before it publishes, and refuses."""
+    sim.latency = 0.02
+    out = tmp_path / "lake"
+    parquet = asyncio.create_task(run(sim, pairs_for(400, prefix="p-"), out, run_id="p", concurrency=8))
+    await until(lambda: sim.stats.requests >= 20)
+    await run(sim, pairs_for(9, prefix="t-"), out, table_format=fmt, run_id="t")
+    assert not parquet.done()
+    with pytest.raises(ConfigError, match=f"is a {fmt} table"):
+        await parquet
+    assert not [p for p in out.rglob("part-p-*")]  # nothing of the Parquet run published
 
 
 def test_catalog_settings_need_iceberg_and_hide_passwords() -> None:
