@@ -189,6 +189,9 @@ def _iter_csv(fh: IO[bytes], p: str, check: IdCheck) -> Iterator[tuple[int, Pair
         names = [h.strip() for h in header]
         if not set(_FIELDS) <= set(names):
             raise PairsInputError(p, 1, f"header must name campaign_id and send_id, got {header!r}")
+        twice = [f for f in _FIELDS if names.count(f) > 1]
+        if twice:  # which column is meant? Taking the first silently could export the wrong ids
+            raise PairsInputError(p, 1, f"header names {twice[0]} more than once, got {header!r}")
         ci, si = names.index("campaign_id"), names.index("send_id")
         width = len(names)
         start = reader.line_num

@@ -133,6 +133,7 @@ _BAD_TEXT: list[tuple[str, bytes, int, str]] = [
     ("empty_campaign.csv", b"campaign_id,send_id\n\n,s1\n", 3, "campaign_id is empty"),
     ("no_header.csv", b"c1,s1\nc2,s2\n", 1, "header must name campaign_id and send_id"),
     ("wrong_header.csv", b"campaign,send_id\nc1,s1\n", 1, "header must name campaign_id and send_id"),
+    ("twice_header.csv", b"campaign_id,send_id,campaign_id\nc1,s1,c9\n", 1, "header names campaign_id more than once"),
     ("empty.csv", b"", 1, "empty file"),
     (
         "after_multiline.csv",
