@@ -10,13 +10,14 @@ SQLite, so a million pairs cost no memory.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
-from collections.abc import AsyncIterable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, ExportInterrupted
 from .pairs import IdCheck, Pair, iter_items, iter_pair_file, pair_from_item
 from .state import Doomed, Ingested, RunState
 from .summary import ExportSummary
@@ -39,19 +40,22 @@ async def ingest(
     new run in place of the old one, once the whole input has passed its checks (see
     :meth:`RunState.ingest`).
 
-    A file or iterable is read on a thread, which a cancel does not stop: the caller must
-    wait for it (it shares the run state's connection) and may set ``stop`` to end it early,
-    the transaction rolled back."""
+    A file or iterable is read on a thread sharing the run state's connection, which a
+    cancel does not stop: a cancel sets ``stop`` and waits for the thread (closing the state
+    under it crashed the process). ``stop`` set by anyone (a signal's stop request) ends the
+    read at the next pair, rolled back, with :class:`ExportInterrupted`; so does it between
+    the items of an async iterable, which a cancel reaches directly."""
     check = IdCheck()
+    stop = stop or threading.Event()
     had = 0 if replace is not None else state.count()
     if isinstance(source, str | Path):
         pairs = _until(stop, (p for _, p in iter_pair_file(source, pairs_format, check)))
-        got = await asyncio.to_thread(state.ingest, pairs, replace=replace)
+        got = await _on_thread(functools.partial(state.ingest, pairs, replace=replace), stop)
     elif isinstance(source, AsyncIterable):
-        got = await _ingest_async(state, source, check, replace)
+        got = await _ingest_async(state, source, check, replace, stop)
     elif isinstance(source, Iterable):
         pairs = _until(stop, (p for _, p in iter_items(source, check=check)))
-        got = await asyncio.to_thread(state.ingest, pairs, replace=replace)
+        got = await _on_thread(functools.partial(state.ingest, pairs, replace=replace), stop)
     else:
         raise ConfigError(f"pairs must be a file path or an iterable of pairs, not {type(source).__name__}")
     s = summary
@@ -68,25 +72,39 @@ async def ingest(
                  had)  # fmt: skip
 
 
-def _until(stop: threading.Event | None, pairs: Iterator[Pair]) -> Iterator[Pair]:
-    """``pairs`` until ``stop`` is set (checked every 4,096): then a cancellation, which
-    rolls the ingest back and ends the thread as the cancel it comes from."""
-    if stop is None:
-        yield from pairs
-        return
-    for i, pair in enumerate(pairs):
-        if not i & 4095 and stop.is_set():
-            raise asyncio.CancelledError("stopped while reading the pairs")
+_STOPPED = "stopped while reading the pairs; nothing of this input was added: run the same command again"
+
+
+async def _on_thread(read: Callable[[], Ingested], stop: threading.Event) -> Ingested:
+    task = asyncio.ensure_future(asyncio.to_thread(read))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        stop.set()  # the reader stops at its next pair and rolls back
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # its ExportInterrupted: the cancel is what the caller hears
+        raise
+
+
+def _until(stop: threading.Event, pairs: Iterator[Pair]) -> Iterator[Pair]:
+    """``pairs`` until ``stop`` is set (a flag read per pair: a slow source stops as soon
+    as its next pair comes), then :class:`ExportInterrupted`, which rolls the ingest back."""
+    for pair in pairs:
+        if stop.is_set():
+            raise ExportInterrupted(_STOPPED)
         yield pair
 
 
 async def _ingest_async(
-    state: RunState, source: AsyncIterable[Any], check: IdCheck, replace: Doomed | None
+    state: RunState, source: AsyncIterable[Any], check: IdCheck, replace: Doomed | None, stop: threading.Event
 ) -> Ingested:
     state.begin_ingest(replace=replace is not None)
     read, buf = 0, []
     try:
         async for item in source:
+            if stop.is_set():
+                raise ExportInterrupted(_STOPPED)
             read += 1
             buf.append(pair_from_item(item, "<pairs>", read, check))
             if len(buf) >= 10_000:

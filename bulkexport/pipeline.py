@@ -58,13 +58,12 @@ _MANIFEST_VERSION = 1
 async def _to_the_end(step: Awaitable[None], what: str, *, on_cancel: Callable[[], None] | None = None) -> None:
     """Await ``step`` even when the caller is cancelled meanwhile, then pass the cancel on.
 
-    Reading the pairs, the last checkpoint's commit and the publish run on threads of their
-    own, which a cancel does not stop: a caller cancelled during one would otherwise go on to
-    close the run state and release the run's lock under it (the pairs' reader still using
-    the state's SQLite connection: a crash; a checkpoint's pairs fetched again next time and
-    its error reaching nobody; a publish still writing while another run may start).
-    ``on_cancel`` lets the step finish early (the reader stops and rolls back, the publish
-    skips the partitions it has not started). A second
+    The last checkpoint's commit and the publish run on threads of their own, which a cancel
+    does not stop: a caller cancelled during one would otherwise go on to close the run state
+    and release the run's lock under it (a checkpoint's pairs fetched again next time and its
+    error reaching nobody; a publish still writing while another run may start). The pairs'
+    reader is kept the same way (see :func:`~bulkexport.ingest.ingest`). ``on_cancel`` lets
+    the step finish early (the publish skips the partitions it has not started). A second
     cancel stops the wait (a disk that hangs must not make the export uncancellable); what the
     step then raises is logged rather than lost.
     """
@@ -127,6 +126,7 @@ class Exporter:
             self._lake = LakePublisher(cfg, self.out, target.state_dir(state_root), self._staging)
         self.summary = ExportSummary(run_id=cfg.run_id, out=self.out)
         self._stop = asyncio.Event()
+        self._reading = threading.Event()  # set: the pairs' reader stops (see ingest)
         self._state: RunState | None = None
         self._unknown: set[str] = set()  # unknown fields and channels this session saw
         self._tables_doc: list[dict[str, Any]] = []  # lakehouse tables, for the manifest
@@ -137,6 +137,7 @@ class Exporter:
         if not self._stop.is_set():
             log.warning("stop requested: finishing in-flight requests, then committing")
         self._stop.set()
+        self._reading.set()  # the pairs' reader, if it is still reading, stops and rolls back
 
     async def run(self, source: Any) -> ExportSummary:
         """Ingest ``source`` into the run, fetch what is pending, publish.
@@ -168,13 +169,14 @@ class Exporter:
                         self.out)  # fmt: skip
             return s
         state, cfg, replace = self._open()
-        # Read on a thread sharing the state's connection: a cancel waits for it (closing the
-        # state under it crashed the process) and makes it stop at once, rolled back.
-        stop = threading.Event()
-        await _to_the_end(ingest(state, source, self._pairs_format, s, replace, stop), "reading the pairs",
-                          on_cancel=stop.set)  # fmt: skip
+        # A stop request (a signal) ends the read too, rolled back: an --overwrite stopped
+        # while reading its input leaves the old run as it was.
+        await ingest(state, source, self._pairs_format, s, replace, self._reading)
         if replace is not None:
             state.put("params", _params(cfg))
+        if self._stop.is_set():  # after the input was committed: an --overwrite's deletions wait for the next run
+            raise ExportInterrupted(f"run {cfg.run_id} stopped by request after reading its pairs; run the same "
+                                    "command again to resume")  # fmt: skip
         await self._remove_replaced(state)  # also what an --overwrite killed before the end left
         if self._lake is not None:
             await self._lake.open(self._target, state)

@@ -408,6 +408,36 @@ async def test_overwrite_with_a_missing_or_bad_pairs_input_deletes_nothing(sim: 
     assert_clean_dataset(out)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_while_an_overwrite_reads_its_input_leaves_the_old_run(
+    sim: Simulator, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM or SIGINT while ``--overwrite`` reads a large input: the read stops at its
+    next pair and rolls back, exit 5, and the old run's files are all there, unchanged. The
+    signal used to reach only the fetch: the read went on to the end, was committed, and the
+    old run's files were deleted before the exit 5 (an independent tester's repro)."""
+    out = tmp_path / "out"
+    pairs = pairs_for(40, prefix="w-")
+    cli = Cli(sim, write_pairs(tmp_path / "pairs.csv", pairs), out, tmp_path / "logs")
+    assert (await cli.run()).rc == EXIT_OK
+    data = {k: v for k, v in _snapshot(out).items() if not k.startswith("_bulkexport/")}
+    assert sum(name.endswith(".parquet") for name in data) >= 10
+    big = write_pairs(tmp_path / "big.csv", pairs_for(1_500_000, prefix="big-"))
+    started = time.monotonic()
+
+    async def reading() -> bool:  # start-up is well under 3 s; the read of 1.5M pairs well over
+        return time.monotonic() - started >= 3.0
+
+    other = Cli(sim, big, out, tmp_path / "logs2")
+    stopped = await other.run_until(reading, "--overwrite", sig=sig, limit=60)
+    assert stopped.rc == EXIT_INTERRUPTED, stopped.stderr[-2000:]
+    assert "stopped while reading the pairs" in stopped.stderr and "removed run" not in stopped.stderr
+    assert {k: v for k, v in _snapshot(out).items() if not k.startswith("_bulkexport/")} == data
+    again = await cli.run()  # the old run, still complete
+    assert again.rc == EXIT_OK and again.requests == 0, again.stderr
+    check_equal(out, sim, pairs)
+
+
 async def test_overwrite_after_a_failed_publish_removes_the_files_it_left(sim: Simulator, tmp_path: Path) -> None:
     """A publish that failed halfway left files that no table of the state lists: an
     --overwrite with other pairs removes them too (every file of the run in every partition
