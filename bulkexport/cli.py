@@ -122,20 +122,46 @@ def _print_summary(summary: ExportSummary) -> None:
         print(f"failures   {summary.failures_file}")
 
 
+#: Set by SIGINT/SIGTERM while the run's own handlers are not installed (see :func:`main`).
+_SIGNALLED = threading.Event()
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _note_signal(signum: int, frame: object) -> None:
+    _SIGNALLED.set()
+
+
+def _hold_signals() -> None:
+    """SIGINT/SIGTERM only set a flag, read where the command can stop cleanly: an
+    exception raised at an arbitrary point of a library's import can be swallowed there (the
+    run then went on), and SIGTERM's default kills with 143."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in _SIGNALS:
+            signal.signal(sig, _note_signal)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command. Until the run installs its own handlers, SIGTERM is SIGINT: both exit 5
-    ("interrupted"), not 143 or a bare KeyboardInterrupt, however early they come (importing
-    pyarrow and aiohttp takes a few hundred milliseconds). Only the interpreter's own start,
-    before this module runs, is Python's."""
+    """The command. Until the run installs its own handlers (and after it removes them),
+    SIGINT and SIGTERM are noted and acted on where the command can stop cleanly: before the
+    run starts, exit 5 ("interrupted"), not 143 or a traceback, however early they come
+    (importing pyarrow and aiohttp takes a few hundred milliseconds). Only the interpreter's
+    own start, before this module runs, is Python's."""
     if threading.current_thread() is not threading.main_thread():
         return _main(argv)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+    _SIGNALLED.clear()
+    _hold_signals()
     try:
         return _main(argv)
-    except KeyboardInterrupt:  # between two handlers, or while a result is printed
-        return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupted_before_the_run() -> None:
+    """Raise KeyboardInterrupt (exit 5) if a signal came while nothing listened for it."""
+    if _SIGNALLED.is_set():
+        raise KeyboardInterrupt
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -147,10 +173,7 @@ def _main(argv: Sequence[str] | None) -> int:
         _parser().print_help()
         return EXIT_CONFIG
     given = vars(args)
-    try:
-        memory.own_process()
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    memory.own_process()
     setup_logging(
         given.get("log_level") or os.environ.get(env.LOG_LEVEL) or "info",
         given.get("log_format") or os.environ.get(env.LOG_FORMAT) or "text",
@@ -160,13 +183,19 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "demo":
             from .demo import demo, print_hints  # after own_process: it loads pyarrow
 
-            code = _finish(asyncio.run(demo(args)))
+            _interrupted_before_the_run()
+            try:
+                code = _finish(asyncio.run(demo(args)))
+            finally:
+                _hold_signals()
             print_hints(args.out)
             return code
         settings = resolve(given)
         setup_logging(settings["log_level"], settings["log_format"], settings["api_key"] or "")
         if settings["dry_run"]:
-            return _dry_run(settings)
+            code = _dry_run(settings)
+            _interrupted_before_the_run()  # a plan of a large input takes a while
+            return code
         return _finish(asyncio.run(_export(settings)))
     except ConfigError as exc:
         log.error("%s", exc)
@@ -282,15 +311,19 @@ async def _run_export(settings: dict[str, Any], bar: _Bar | None) -> ExportSumma
     from .api import export_async  # after own_process: it loads pyarrow
 
     memory.freeze_startup()  # the imports are done
-    return await export_async(
-        settings["pairs"],
-        settings["out"],
-        retry_failed=settings["retry_failed"],
-        wait=settings["wait"],
-        handle_signals=True,
-        on_progress=bar,
-        **_library_kwargs(settings),
-    )
+    _interrupted_before_the_run()
+    try:
+        return await export_async(
+            settings["pairs"],
+            settings["out"],
+            retry_failed=settings["retry_failed"],
+            wait=settings["wait"],
+            handle_signals=True,  # from here on, a signal is the run's stop request
+            on_progress=bar,
+            **_library_kwargs(settings),
+        )
+    finally:
+        _hold_signals()  # removing the run's handlers restored SIGTERM's default (143)
 
 
 def _dry_run(settings: dict[str, Any]) -> int:
