@@ -31,7 +31,7 @@ _PROJECT_AFTER = 0.05  # share of the window observed before others' pace is pro
 _TRAIL = 0.1  # share of the window over which others' recent pace is measured
 _MARKS = 100  # samples of others' spend kept per window (one per 1% of it)
 _HOUR = 3600.0  # Braze's rate-limit window
-_RESET_SLACK = 60.0  # seconds a reset may lie beyond a window ahead (clock skew) before it is ignored
+_RESET_SLACK = 900.0  # seconds a reset may lie beyond a window ahead (a clock behind) before it is ignored
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

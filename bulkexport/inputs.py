@@ -11,8 +11,6 @@ import re
 from datetime import UTC, date, datetime, time, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
-import orjson
-
 from .errors import ConfigError
 
 __all__ = [
@@ -41,6 +39,23 @@ _DNS_NAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-
 #: Characters that may continue a key: an occurrence of the key inside a longer run of them
 #: is not the key (see :func:`redact_secret`).
 _KEY_CHARS = "A-Za-z0-9_-"
+
+
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
+
+
+def _unescape_one(m: re.Match[bytes]) -> bytes:
+    code = None if m.group(1) is None else int(m.group(1), 16)
+    if code is None or code < 0x20 or code in (0x22, 0x5C) or 0xD800 <= code <= 0xDFFF:
+        return m.group(0)  # another escape (a backslash pair is taken whole), or one JSON needs
+    return chr(code).encode()
+
+
+def _unescaped(data: bytes) -> bytes:
+    """``data`` with each ``\\uXXXX`` escape of a character JSON lets stand as itself
+    written as that character (UTF-8): the same JSON value, every other byte as it was
+    (numbers, key order, duplicate keys), so nothing a reader stores changes."""
+    return _ESCAPE.sub(_unescape_one, data)
 
 
 def redact_secret(text: str, secret: str) -> str:
@@ -117,17 +132,15 @@ class ApiKey:
         is absent, which a substring search tells at memory speed.
 
         JSON may spell any character as an escape (``\\u002d`` for ``-``), so a body with a
-        backslash that does not hold the key as it is may still decode to it: such a body is
-        written again without escapes (orjson escapes only quotes, backslashes and control
-        characters) and searched once more; if the key is there, that spelling is redacted
-        and returned. Bodies without a backslash, the common case, cost the one search."""
+        backslash that does not hold the key as it is may still decode to it: it is searched
+        again with its ``\\uXXXX`` escapes written as the characters (:func:`_unescaped`:
+        the same JSON, every other byte kept, valid JSON or not); if the key is there, that
+        spelling is redacted and returned. Bodies without a backslash, the common case, cost
+        the one search."""
         if self._raw not in data:
             if b"\\" not in data:
                 return data
-            try:
-                plain = orjson.dumps(orjson.loads(data))
-            except orjson.JSONDecodeError:
-                return data  # not JSON: no escape to hide the key behind
+            plain = _unescaped(data)
             if self._raw not in plain:
                 return data
             data = plain

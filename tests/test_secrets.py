@@ -267,3 +267,24 @@ async def test_a_key_the_server_escapes_in_its_json_is_redacted_too(
     assert info.value.message == "refused: Bearer ***"
     for text in (repr(summary), str(summary.to_dict()), str(info.value), repr(info.value), caplog.text):
         _clean(text)
+
+
+_ESC = "".join(f"\\u{ord(c):04x}" for c in KEY)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"a":"x\\u0041","n":123456789012345678901234567890}', None),  # escapes, no key: the same bytes
+        (('{"v":"Bearer ' + _ESC + '","n":1e400,"d":1,"d":2}').encode(), b'{"v":"Bearer ***","n":1e400,"d":1,"d":2}'),
+        (b"not json \\\\u0041 " + _ESC.encode() + b" \xff", b"not json \\\\u0041 *** \xff"),
+        (b'{"q":"\\\\u0037c9e"}', None),  # an escaped backslash, then text: not an escape
+    ],
+    ids=["escapes without the key", "escaped key, big and duplicate numbers kept", "not JSON, not UTF-8", "\\\\u"],
+)
+def test_redacting_escaped_keys_changes_nothing_else(body: bytes, expected: bytes | None) -> None:
+    """Every byte but the key's stays: a body is the data that is stored (re-encoding it
+    turned big integers into floats and dropped duplicate keys), and a body that is not JSON
+    still hides the key behind escapes."""
+    out = bulkexport.ApiKey(KEY).redact_bytes(body)
+    assert out == (body if expected is None else expected)
